@@ -1,0 +1,191 @@
+"""Scale profiles: one code path, three named sizes.
+
+`tiny` keeps tests and nbval in seconds, `cpu` is the rendered book on 2 CPU cores, `paper` is the
+published setting on a GPU host with the Hugging Face Hub. A profile is a frozen dataclass; user
+overrides (``--set key=value``) go through :func:`get_profile`, which refuses unknown keys and
+values of the wrong type with a one-line message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+PROFILE_ENV = "STREAMDISTILL_PROFILE"
+
+
+class ProfileError(ValueError):
+    """Unknown profile name or bad override."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    seed: int = 0
+
+    # --- tokenizer and base causal LM (tiny/cpu: trained here; paper: a Hub checkpoint) ---
+    base_model: str | None = None  # Hub id for `paper`; None = pretrain a small Qwen2 here
+    vocab_size: int = 8192
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 768
+    max_positions: int = 4352  # >= 4096 + 128 so the streaming benchmark fits
+    lm_steps: int = 1500
+    lm_batch_size: int = 16
+    lm_seq_len: int = 128
+    lm_lr: float = 1e-3
+
+    # --- LoRA (paper profile only) ---
+    lora_r: int = 0
+    lora_alpha: int = 0
+
+    # --- contrastive stages (A, B, variants, C) ---
+    train_steps: int = 600
+    batch_size: int = 32
+    max_length: int = 64  # tokens per training text
+    lr: float = 5e-4
+    warmup_steps_frac: float = 0.05  # LR warm-up
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    temperature: float = 0.02
+    false_negative_margin: float | None = None
+    pooling: str = "mean"
+    # GG-SM
+    ggsm_warm_frac: float = 0.1  # T_warm = frac * T_total
+    ggsm_ema_decay: float = 0.9
+    linear_warm_weight: float = 0.5  # `linear` variant: constant future weight during warm-up
+    # distillation
+    distill_lambda: float = 1.0
+    seeds: tuple[int, ...] = (0, 1, 2)
+
+    # --- evaluation ---
+    eval_max_length: int = 256
+    eval_batch_size: int = 32
+    # deterministic subsample per split (None = full task); `tiny` keeps CI fast
+    task_max_samples: int | None = None
+    task_max_corpus: int | None = None
+
+    # --- streaming benchmark ---
+    stream_prefix: int = 4096
+    stream_delta: int = 128
+    stream_updates: int = 20
+
+    # --- LEAF ---
+    leaf_steps: int = 1500
+    leaf_batch_size: int = 32
+    leaf_lr: float = 2e-4
+    leaf_student_layers: int = 3
+    leaf_max_length: int = 128
+
+
+PROFILES: dict[str, Profile] = {
+    "tiny": Profile(
+        name="tiny",
+        vocab_size=512,
+        hidden_size=32,
+        num_layers=2,
+        num_heads=2,
+        num_kv_heads=1,
+        intermediate_size=64,
+        lm_steps=30,
+        lm_batch_size=8,
+        lm_seq_len=32,
+        lm_lr=3e-3,
+        train_steps=20,
+        batch_size=8,
+        max_length=32,
+        lr=1e-3,
+        seeds=(0, 1),
+        eval_max_length=64,
+        task_max_samples=64,
+        task_max_corpus=200,
+        stream_prefix=256,
+        stream_delta=32,
+        stream_updates=4,
+        leaf_steps=20,
+        leaf_batch_size=8,
+        leaf_student_layers=1,
+        leaf_max_length=32,
+    ),
+    "cpu": Profile(name="cpu"),
+    "paper": Profile(
+        name="paper",
+        base_model="Qwen/Qwen2.5-0.5B-Instruct",
+        lora_r=16,
+        lora_alpha=16,
+        train_steps=2000,
+        batch_size=64,
+        max_length=128,
+        lr=1e-4,
+        eval_max_length=512,
+        leaf_steps=20000,
+        leaf_student_layers=6,
+        leaf_max_length=256,
+    ),
+}
+
+
+def profile_names() -> list[str]:
+    return list(PROFILES)
+
+
+def _coerce(name: str, raw: Any, current: Any, annotation: str) -> Any:
+    """Turn a ``--set`` string into the field's type (bool/int/float/str/None/tuple)."""
+    if not isinstance(raw, str):
+        return raw
+    if raw.lower() in {"none", "null"} and "None" in annotation:
+        return None
+    try:
+        if isinstance(current, bool):
+            if raw.lower() not in {"true", "false", "1", "0"}:
+                raise ValueError
+            return raw.lower() in {"true", "1"}
+        if isinstance(current, tuple):
+            return tuple(int(x) for x in raw.split(",") if x)
+        if isinstance(current, int) or annotation.startswith("int"):
+            return int(raw)
+        if isinstance(current, float) or annotation.startswith("float"):
+            return float(raw)
+    except ValueError:
+        raise ProfileError(f"--set {name}={raw!r}: expected {annotation}") from None
+    return raw
+
+
+def get_profile(name: str | Profile | None = None, overrides: dict[str, Any] | None = None) -> Profile:
+    """The named profile (default: ``$STREAMDISTILL_PROFILE`` or ``cpu``) with overrides applied."""
+    if isinstance(name, Profile):
+        base = name
+    else:
+        name = name or os.environ.get(PROFILE_ENV) or "cpu"
+        if name not in PROFILES:
+            raise ProfileError(f"unknown profile {name!r}; choose one of: {', '.join(PROFILES)}")
+        base = PROFILES[name]
+    if not overrides:
+        return base
+    known = {f.name: f for f in fields(Profile)}
+    changes = {}
+    for key, raw in overrides.items():
+        if key not in known or key == "name":
+            valid = ", ".join(k for k in known if k != "name")
+            raise ProfileError(f"unknown setting {key!r}; valid settings: {valid}")
+        changes[key] = _coerce(key, raw, getattr(base, key), str(known[key].type))
+    return replace(base, **changes)
+
+
+def parse_sets(items: list[str] | None) -> dict[str, str]:
+    """``["a=1", "b=x"]`` -> ``{"a": "1", "b": "x"}`` with a clear error for malformed items."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ProfileError(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def as_dict(profile: Profile) -> dict[str, Any]:
+    return dataclasses.asdict(profile)
