@@ -1,0 +1,163 @@
+"""``streamdistill …`` — the command-line contract of the design card.
+
+Every command exits non-zero with a one-line, actionable message on bad input, and writes its key
+figures as JSON when ``--out`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .artifacts import ArtifactError, atomic_write_json
+from .data import MirrorError
+from .profiles import ProfileError, get_profile, parse_sets, profile_names
+from .tasks import TaskError
+
+USER_ERRORS = (ProfileError, TaskError, MirrorError, ArtifactError, FileNotFoundError)
+
+
+def _emit(result: dict, out: str | None) -> None:
+    text = json.dumps(result, indent=2, sort_keys=True)
+    print(text)
+    if out:
+        atomic_write_json(out, result)
+
+
+def cmd_evaluate(args) -> dict:
+    from .evaluate import evaluate_model, resolve_model
+    from .tasks import get_tasks
+
+    profile = get_profile(args.profile)
+    sets = parse_sets(args.set)
+    get_tasks(args.tasks, profile)  # validate task names before loading a model
+    if sets:
+        from .pipeline import resolve_with_settings
+
+        model = resolve_with_settings(args.model, profile, sets)
+    else:
+        model = resolve_model(args.model, profile)
+    return evaluate_model(model, args.tasks, profile, show_progress=not args.quiet)
+
+
+def cmd_data(args) -> dict:
+    from .data import check_mirror, data_dir, export_mirror
+
+    if args.action == "check":
+        root = data_dir(required=True)
+        results = check_mirror(root)
+        bad = [r for r in results if not r.ok]
+        for r in bad:
+            print(f"FAIL {r.problem}", file=sys.stderr)
+        summary = {"mirror": str(root), "files": len(results), "ok": len(results) - len(bad),
+                   "problems": [r.problem for r in bad]}
+        if bad:
+            raise MirrorError(f"{len(bad)} of {len(results)} mirror files failed: {bad[0].problem}")
+        return summary
+    if not args.to:
+        raise MirrorError("data export needs --to DIR")
+    dest = export_mirror(args.to)
+    return {"exported_to": str(dest)}
+
+
+def cmd_train(args) -> dict:
+    from .pipeline import run_stage
+
+    profile = get_profile(args.profile, parse_sets(args.set))
+    started = time.perf_counter()
+    folder, summary = run_stage(args.stage, profile)
+    return {"stage": args.stage, "profile": profile.name, "artifact": str(folder),
+            "summary": summary, "seconds": round(time.perf_counter() - started, 2)}
+
+
+def cmd_gap_closure(args) -> dict:
+    from .pipeline import gap_closure_experiment
+
+    return gap_closure_experiment(get_profile(args.profile, parse_sets(args.set)))
+
+
+def cmd_stream_bench(args) -> dict:
+    from .streaming import stream_benchmark
+
+    profile = get_profile(args.profile, parse_sets(args.set))
+    return stream_benchmark(profile, prefix=args.prefix or profile.stream_prefix,
+                            delta=args.delta or profile.stream_delta,
+                            updates=args.updates or profile.stream_updates)
+
+
+def cmd_book(args) -> dict:
+    from .book import build_book
+
+    return build_book(get_profile(args.profile).name, execute=not args.no_execute)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamdistill", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    profiles = ", ".join(profile_names())
+
+    def add_common(p, out=True):
+        p.add_argument("--profile", default=None, help=f"scale profile ({profiles}); default $STREAMDISTILL_PROFILE or cpu")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a profile setting (repeatable)")
+        if out:
+            p.add_argument("--out", help="also write the key figures to this JSON file")
+
+    p = sub.add_parser("evaluate", help="evaluate a model on mteb tasks")
+    p.add_argument("--model", required=True, help="Hub name (offline copies first), model folder, or stage name (A, A+Echo, B, C, ...)")
+    p.add_argument("--tasks", required=True, help="comma-separated task names")
+    p.add_argument("--quiet", action="store_true")
+    add_common(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("data", help="check the data mirror, or export one from the Hub")
+    p.add_argument("action", choices=["check", "export"])
+    p.add_argument("--to", help="export: destination folder")
+    p.add_argument("--out")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("train", help="train (or fetch from the cache) one pipeline stage")
+    p.add_argument("stage", help="base-lm, causal, teacher, student, leaf")
+    add_common(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("gap-closure", help="train what is missing, evaluate A, A+Echo, B, C, report gap closure")
+    add_common(p)
+    p.set_defaults(func=cmd_gap_closure)
+
+    p = sub.add_parser("stream-bench", help="streaming latency of the student (KV cache) against recomputation")
+    p.add_argument("--prefix", type=int, help="prefix length L in tokens")
+    p.add_argument("--delta", type=int, help="tokens appended per update")
+    p.add_argument("--updates", type=int, help="number of updates")
+    add_common(p)
+    p.set_defaults(func=cmd_stream_bench)
+
+    p = sub.add_parser("book", help="papermill every notebook of the toc, then jupyter-book build")
+    p.add_argument("--profile", default=None, help=f"scale profile ({profiles})")
+    p.add_argument("--no-execute", action="store_true", help="render the executed copies already in book/notebooks")
+    p.add_argument("--out")
+    p.set_defaults(func=cmd_book)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = args.func(args)
+    except USER_ERRORS as exc:
+        print(f"streamdistill: error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # bad values from deeper layers (empty text, unknown variant, ...)
+        print(f"streamdistill: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("streamdistill: interrupted; completed artifacts are kept, partial ones discarded", file=sys.stderr)
+        return 130
+    _emit(result, getattr(args, "out", None))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,23 @@
+"""Write ``environment.yml`` (conda) equal to the pinned pip set in ``requirements.lock``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def pins(lock: str | Path) -> list[str]:
+    return [line.strip() for line in Path(lock).read_text().splitlines() if line.strip() and not line.startswith("#")]
+
+
+def render(lock: str | Path) -> str:
+    lines = ["# Generated from requirements.lock by `make lock`; the same pins, for conda users.",
+             "name: streamdistill", "channels:", "  - conda-forge", "dependencies:", "  - python=3.11", "  - pip",
+             "  - pip:"]
+    lines += [f"      - {p}" for p in pins(lock)]
+    lines += ["      - -e ."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    Path(sys.argv[2]).write_text(render(sys.argv[1]))

@@ -1,0 +1,59 @@
+import json
+
+import pytest
+import torch
+
+from streamdistill import artifacts as A
+
+
+def test_atomic_write_replaces_whole_files(tmp_path):
+    path = A.atomic_write_json(tmp_path / "x" / "a.json", {"b": 1})
+    assert json.loads(path.read_text()) == {"b": 1}
+    assert [p.name for p in path.parent.iterdir()] == ["a.json"]  # no temporary left
+
+
+def test_cached_builds_once_and_rebuilds_on_config_change(tmp_path):
+    calls = []
+
+    def build(folder):
+        calls.append(folder)
+        (folder / "w.txt").write_text("x")
+        return {"n": len(calls)}
+
+    first = A.cached("stage", {"a": 1}, build, root=tmp_path)
+    again = A.cached("stage", {"a": 1}, build, root=tmp_path)
+    other = A.cached("stage", {"a": 2}, build, root=tmp_path)
+    assert first == again != other and len(calls) == 2
+    assert A.read_done(first)["summary"] == {"n": 1}
+
+
+def test_interrupted_build_leaves_nothing_loadable(tmp_path):
+    def build(folder):
+        (folder / "half.txt").write_text("x")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        A.cached("stage", {"a": 1}, build, root=tmp_path)
+    assert not (tmp_path / "stage" / A.config_hash({"a": 1})).exists()
+    assert list((tmp_path / "stage").iterdir()) == []
+
+
+def test_incomplete_folder_is_refused(tmp_path):
+    (tmp_path / "f").mkdir()
+    with pytest.raises(A.ArtifactError, match="incomplete"):
+        A.read_done(tmp_path / "f")
+
+
+def test_tensors_roundtrip_and_corruption(tmp_path):
+    path = A.save_tensors(tmp_path / "w.safetensors", {"w": torch.arange(6.0).view(2, 3)})
+    assert torch.equal(A.load_tensors(path)["w"], torch.arange(6.0).view(2, 3))
+    path.write_bytes(path.read_bytes()[:20])  # a write cut short
+    with pytest.raises(A.ArtifactError, match="corrupt weights file"):
+        A.load_tensors(path)
+    with pytest.raises(A.ArtifactError, match="missing"):
+        A.load_tensors(tmp_path / "nope.safetensors")
+
+
+def test_config_hash_is_order_free():
+    assert A.config_hash({"a": 1, "b": 2}) == A.config_hash({"b": 2, "a": 1})
+    assert A.config_hash({"a": 1}) != A.config_hash({"a": 2})

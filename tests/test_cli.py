@@ -1,0 +1,42 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from streamdistill.cli import main
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "streamdistill.cli", *args], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["evaluate", "--model", "sentence-transformers/all-MiniLM-L6-v2", "--tasks", "Nope", "--profile", "tiny"], "unknown task(s) Nope"),
+    (["evaluate", "--model", "sentence-transformers/all-MiniLM-L6-v2", "--tasks", "STSBenchmark", "--profile", "huge"], "unknown profile 'huge'"),
+    (["evaluate", "--model", "no-such-model", "--tasks", "STSBenchmark", "--profile", "tiny"], "unknown model 'no-such-model'"),
+])
+def test_bad_input_exits_2_with_one_line(args, message):
+    proc = run(*args)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert message in lines[-1] and lines[-1].startswith("streamdistill: error:")
+
+
+def test_evaluate_writes_out_json(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert main(["evaluate", "--model", "sentence-transformers/all-MiniLM-L6-v2", "--tasks", "STSBenchmark",
+                 "--profile", "tiny", "--out", str(out), "--quiet"]) == 0
+    result = json.loads(out.read_text())
+    assert result["model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert set(result["scores"]) == {"STSBenchmark"} and 0 < result["scores"]["STSBenchmark"] <= 100
+
+
+def test_data_check_passes_then_names_a_corrupt_file(mirror_copy, capsys):
+    assert main(["data", "check"]) == 0
+    target = mirror_copy / "pairs/MRPC/validation.jsonl"
+    text = target.read_text()
+    target.unlink()
+    target.write_text(text.replace("1", "0", 1))
+    assert main(["data", "check"]) == 2
+    assert "corrupt file" in capsys.readouterr().err.strip().splitlines()[-1]

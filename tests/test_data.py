@@ -1,0 +1,95 @@
+import json
+
+import pytest
+
+from streamdistill import data
+from streamdistill.data import MirrorError
+
+from .conftest import MIRROR, replace_file
+
+
+def test_the_mirror_matches_its_manifest():
+    results = data.check_mirror(MIRROR)
+    assert len(results) == 30 and all(r.ok for r in results), [r.problem for r in results if not r.ok]
+
+
+def test_missing_mirror_is_one_clear_line(monkeypatch, tmp_path):
+    monkeypatch.delenv("STREAMDISTILL_DATA_DIR")
+    with pytest.raises(MirrorError, match="set STREAMDISTILL_DATA_DIR"):
+        data.data_dir(required=True)
+    monkeypatch.setenv("STREAMDISTILL_DATA_DIR", str(tmp_path))
+    with pytest.raises(MirrorError, match="no MANIFEST.json"):
+        data.data_dir()
+
+
+def test_corrupt_file_is_named(mirror_copy):
+    target = mirror_copy / "sts/STSBenchmark/test.jsonl"
+    replace_file(target, target.read_text()[:-200])
+    problems = [r.problem for r in data.check_mirror(mirror_copy) if not r.ok]
+    assert len(problems) == 1 and "corrupt file" in problems[0] and "STSBenchmark/test.jsonl" in problems[0]
+    with pytest.raises(MirrorError, match="corrupt file .*STSBenchmark/test.jsonl"):
+        data.read_jsonl("sts/STSBenchmark/test.jsonl")
+
+
+def test_missing_file_is_named(mirror_copy):
+    (mirror_copy / "pairs/MRPC/test.jsonl").unlink()
+    with pytest.raises(MirrorError, match="missing file .*MRPC/test.jsonl"):
+        data.read_jsonl("pairs/MRPC/test.jsonl")
+
+
+def test_training_material_reads_no_test_split(monkeypatch):
+    read = []
+    real_jsonl, real_qrels = data.read_jsonl, data.read_qrels
+    monkeypatch.setattr(data, "read_jsonl", lambda rel, root=None: read.append(rel) or real_jsonl(rel, root))
+    monkeypatch.setattr(data, "read_qrels", lambda rel, root=None: read.append(rel) or real_qrels(rel, root))
+    texts = data.training_texts()
+    pairs = data.training_pairs()
+    assert len(texts) > 50_000 and len(pairs) > 5_000
+    assert read and not [r for r in read if "/test" in r or "validation" in r]
+    # the SciFact queries file holds train and test claims: only train-qrels claims are kept
+    queries = {q["_id"]: q["text"] for q in real_jsonl("retrieval/SciFact/queries.jsonl")}
+    train_qids = set(real_qrels("retrieval/SciFact/qrels/train.tsv"))
+    train_texts = {queries[q] for q in train_qids}
+    test_only = {queries[q] for q in real_qrels("retrieval/SciFact/qrels/test.tsv")} - train_texts
+    assert not test_only & set(texts)
+
+
+def test_training_pairs_are_deterministic_and_nonempty():
+    a = data.training_pairs(limit=50, seed=3)
+    assert a == data.training_pairs(limit=50, seed=3) and len(a) == 50
+    assert all(q.strip() and d.strip() for q, d in a)
+
+
+def test_synthetic_fallback_says_so(monkeypatch):
+    monkeypatch.delenv("STREAMDISTILL_DATA_DIR")
+    with pytest.warns(UserWarning, match="SYNTHETIC DATA"):
+        texts = data.training_texts(limit=10)
+    assert len(texts) == 10
+
+
+def test_export_writes_a_mirror_that_checks_and_loads(tmp_path, monkeypatch):
+    def stub(name):
+        assert name in {"STSBenchmark", "MRPC"}
+        if name == "MRPC":
+            return {f"pairs/MRPC/{s}.jsonl": [{"sentence1": "a b", "sentence2": "b a", "label": 1, "id1": "1", "id2": "2"}] * 3
+                    for s in ("train", "test")}
+        return {f"sts/STSBenchmark/{s}.jsonl": [{"sentence1": "x", "sentence2": "y", "score": 2.5}] * 4 for s in ("train", "test")}
+
+    dest = data.export_mirror(tmp_path / "m", load=stub, datasets=["STSBenchmark", "MRPC"])
+    listing = json.loads((dest / "MANIFEST.json").read_text())
+    assert set(listing) == {"STSBenchmark", "MRPC"}
+    assert all(r.ok for r in data.check_mirror(dest))
+    monkeypatch.setenv("STREAMDISTILL_DATA_DIR", str(dest))
+    from streamdistill.tasks import get_task
+
+    task = get_task("STSBenchmark", "cpu")
+    task.load_data()
+    assert task.dataset["test"]["score"] == [2.5] * 4
+    with pytest.raises(MirrorError, match="unknown dataset"):
+        data.export_mirror(tmp_path / "n", load=stub, datasets=["Nope"])
+
+
+def test_mirror_table_lists_every_dataset():
+    table = data.mirror_table(MIRROR)
+    assert {"SciFact", "STSBenchmark", "MRPC", "Banking77Classification"} <= set(table.index)
+    assert table.loc["SciFact", "rows"] == 5183 + 1109 + 339 + 919

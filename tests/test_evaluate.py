@@ -1,0 +1,77 @@
+import math
+import time
+import zlib
+
+import numpy as np
+import pytest
+
+from streamdistill import evaluate as E
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return E.resolve_model(E.MINILM, "tiny")
+
+
+def test_minilm_resolves_offline_to_the_packaged_copy(minilm):
+    assert minilm.name == E.MINILM and minilm.embed_dim == 384 and minilm.max_tokens == 256
+    assert len(minilm.revision) == 12 and minilm.revision == E.weights_revision(E.minilm_path())
+
+
+def test_unknown_model_is_one_line_with_options():
+    with pytest.raises(E.ModelError, match="unknown model 'nope'; available offline: sentence-transformers/all-MiniLM-L6-v2"):
+        E.resolve_model("nope", "tiny")
+
+
+def test_tiny_evaluation_is_real_and_cached(minilm):
+    started = time.perf_counter()
+    first = E.evaluate_model(minilm, ["STSBenchmark", "MRPC"], "tiny")
+    cold = time.perf_counter() - started
+    started = time.perf_counter()
+    second = E.evaluate_model(minilm, ["STSBenchmark", "MRPC"], "tiny")
+    assert first == second
+    assert 60 < first["scores"]["STSBenchmark"] < 95  # a trained model on real STS pairs
+    assert 50 < first["scores"]["MRPC"] <= 100
+    assert time.perf_counter() - started < cold  # served from the result cache
+
+
+def test_models_never_collide_in_the_cache(minilm):
+    def noise(texts, kind=None):  # a random vector per text, no meaning
+        return np.stack([np.random.default_rng(zlib.crc32(t.encode())).normal(size=8) for t in texts])
+
+    noisy = E.EmbeddingModel(name="noise", revision="r1", embed_dim=8, encode=noise)
+    score_noise = E.evaluate_model(noisy, ["STSBenchmark"], "tiny")["scores"]["STSBenchmark"]
+    score_minilm = E.evaluate_model(minilm, ["STSBenchmark"], "tiny")["scores"]["STSBenchmark"]
+    assert abs(score_noise) < 30 < score_minilm
+    folders = {p.parent.name for p in (E.results_root()).rglob("STSBenchmark.json")}
+    assert {"r1", minilm.revision} <= folders
+
+
+def test_asymmetric_routes_queries_and_documents():
+    seen = []
+    q = E.EmbeddingModel("q", "1", lambda t, k=None: seen.append(("q", k)) or np.ones((len(t), 2)))
+    d = E.EmbeddingModel("d", "2", lambda t, k=None: seen.append(("d", k)) or np.ones((len(t), 2)))
+    both = E.asymmetric(q, d)
+    both.encode(["a"], "query"), both.encode(["b"], "document"), both.encode(["c"], None)
+    assert seen == [("q", "query"), ("d", "document"), ("d", None)] and both.revision == "1-2"
+
+
+def test_gap_closure_arithmetic():
+    assert E.gap_closure(50.0, 60.0, 56.81) == pytest.approx(0.681)
+    assert math.isnan(E.gap_closure(50.0, 50.0, 55.0))
+    report = E.gap_closure_report({
+        "A": {"STSBenchmark": 50.0, "SciFact": 10.0},
+        "A+Echo": {"STSBenchmark": 52.0, "SciFact": 11.0},
+        "B": {"STSBenchmark": 60.0, "SciFact": 20.0},
+        "C": {"STSBenchmark": 58.0, "SciFact": 12.0},
+    })
+    assert report["gap_closure"] == pytest.approx((35 - 30) / (40 - 30))
+    assert report["gap_closure_by_type"] == {"Retrieval": pytest.approx(0.2), "STS": pytest.approx(0.8)}
+    assert report["student_minus_echo"] == pytest.approx(35 - 31.5)
+
+
+def test_empty_text_is_passed_to_sentence_transformers_as_documented(minilm):
+    # documented behaviour: SentenceTransformers embed "" from the special tokens alone;
+    # streamdistill's own encoders refuse it (tests/test_encoder.py)
+    vectors = minilm.encode(["", "a sentence"])
+    assert vectors.shape == (2, 384) and np.isfinite(vectors).all()

@@ -1,0 +1,42 @@
+import pytest
+
+from streamdistill.profiles import PROFILES, ProfileError, get_profile, parse_sets
+
+
+def test_named_profiles_and_env_default(monkeypatch):
+    assert set(PROFILES) == {"tiny", "cpu", "paper"}
+    monkeypatch.setenv("STREAMDISTILL_PROFILE", "tiny")
+    assert get_profile().name == "tiny"
+    monkeypatch.delenv("STREAMDISTILL_PROFILE")
+    assert get_profile().name == "cpu"
+
+
+def test_unknown_profile_is_refused_with_the_list():
+    with pytest.raises(ProfileError, match="unknown profile 'huge'; choose one of: tiny, cpu, paper"):
+        get_profile("huge")
+
+
+def test_overrides_are_typed():
+    p = get_profile("tiny", {"train_steps": "7", "lr": "0.5", "pooling": "echo", "task_max_samples": "none", "seeds": "3,4"})
+    assert (p.train_steps, p.lr, p.pooling, p.task_max_samples, p.seeds) == (7, 0.5, "echo", None, (3, 4))
+    assert get_profile("tiny").train_steps != 7  # profiles are frozen, overrides copy
+
+
+@pytest.mark.parametrize("sets, message", [
+    ({"nope": "1"}, "unknown setting 'nope'"),
+    ({"train_steps": "many"}, "expected int"),
+])
+def test_bad_overrides(sets, message):
+    with pytest.raises(ProfileError, match=message):
+        get_profile("tiny", sets)
+
+
+def test_parse_sets():
+    assert parse_sets(["a=1", "b = x=y"]) == {"a": "1", "b": "x=y"}
+    with pytest.raises(ProfileError, match="key=value"):
+        parse_sets(["oops"])
+
+
+def test_streaming_fits_the_cpu_model():
+    cpu = get_profile("cpu")
+    assert cpu.max_positions >= cpu.stream_prefix + cpu.stream_delta

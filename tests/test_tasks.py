@@ -1,0 +1,73 @@
+import mteb
+import pytest
+
+from streamdistill import tasks
+from streamdistill.profiles import get_profile
+
+
+@pytest.mark.parametrize("name", tasks.OFFICIAL_TASKS)
+def test_official_class_and_metadata(name):
+    task = tasks.get_task(name, "tiny")
+    official = mteb.get_task(name)
+    assert isinstance(task, type(official))
+    assert task.metadata == official.metadata  # same name, main score, splits, evaluator settings
+
+
+def test_unknown_task_lists_what_exists():
+    with pytest.raises(tasks.TaskError, match="unknown task 'Nope'; available: SciFact"):
+        tasks.get_task("Nope")
+    with pytest.raises(tasks.TaskError, match="unknown task"):
+        tasks.get_tasks("STSBenchmark,Nope")
+
+
+def test_tiny_subsampling_is_deterministic_and_keeps_relevant_docs():
+    a, b = tasks.get_task("SciFact", "tiny"), tasks.get_task("SciFact", "tiny")
+    a.load_data(), b.load_data()
+    split = a.dataset["default"]["test"]
+    assert split["queries"]["id"] == b.dataset["default"]["test"]["queries"]["id"]
+    assert len(split["queries"]) == get_profile("tiny").task_max_samples
+    corpus_ids = set(split["corpus"]["id"])
+    assert all(d in corpus_ids for docs in split["relevant_docs"].values() for d in docs)
+    assert len(corpus_ids) <= get_profile("tiny").task_max_corpus
+
+
+def test_full_profile_loads_whole_splits():
+    task = tasks.get_task("STSBenchmark", "cpu")
+    task.load_data()
+    assert len(task.dataset["test"]) == 1379
+    sci = tasks.get_task("SciFact", "cpu")
+    sci.load_data()
+    assert len(sci.dataset["default"]["test"]["queries"]) == 300
+    assert len(sci.dataset["default"]["test"]["corpus"]) == 5183
+
+
+def test_classification_subset_and_integer_labels():
+    task = tasks.get_task("AmazonCounterfactualClassification", "cpu")
+    assert task.hf_subsets == ["en"]
+    task.load_data()
+    assert set(task.dataset) == {"en"} and len(task.dataset["en"]["test"]) == 670
+    assert set(task.dataset["en"]["train"]["label"]) == {0, 1}
+    bank = tasks.get_task("Banking77Classification", "cpu")
+    bank.load_data()
+    assert len(set(bank.dataset["train"]["label"])) == 77
+
+
+def test_project_tasks_say_they_are_defined_here():
+    mrpc = tasks.get_task("MRPC", "cpu")
+    clus = tasks.get_task("Banking77Clustering", "cpu")
+    assert mrpc.metadata.main_score == "max_ap" and "not an MTEB task" in mrpc.metadata.description
+    assert clus.metadata.main_score == "v_measure" and "DERIVED HERE" in clus.metadata.description
+    mrpc.load_data(), clus.load_data()
+    assert len(mrpc.dataset["test"]) == 1725 and set(mrpc.dataset["test"]["labels"]) == {0, 1}
+    assert len(clus.dataset["test"]) == 3080
+
+
+def test_without_mirror_or_hub_named_tasks_fail_clearly(monkeypatch):
+    from streamdistill.data import MirrorError
+
+    monkeypatch.delenv("STREAMDISTILL_DATA_DIR")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(MirrorError, match="needs the data mirror"):
+        tasks.get_task("STSBenchmark")
+    with pytest.warns(UserWarning, match="SYNTHETIC TASKS"):
+        assert tasks.default_tasks() == tasks.SYNTHETIC_TASKS
