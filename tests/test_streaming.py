@@ -1,0 +1,185 @@
+"""StreamingEncoder: incremental embeddings equal full recomputes, and streams park and resume."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamdistill.artifacts import ArtifactError
+from streamdistill.encoder import Encoder, tiny_qwen2, tiny_tokenizer
+from streamdistill.streaming import StreamingEncoder
+
+MAX_POSITIONS = 64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """Tiny matrices: thread hand-off costs more than the maths (about 8x on 2 cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@functools.cache
+def tokenizer():
+    return tiny_tokenizer()
+
+
+@functools.cache
+def model(seed: int = 0, impl: str = "sdpa"):
+    return tiny_qwen2(len(tokenizer()), max_positions=MAX_POSITIONS, seed=seed, attn_implementation=impl)
+
+
+@functools.cache
+def encoder(pooling: str = "mean", projected: bool = True, seed: int = 0, impl: str = "sdpa") -> Encoder:
+    projection = None
+    if projected:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            projection = torch.nn.Linear(32, 16)
+    return Encoder(model(seed, impl), tokenizer(), attention="causal", pooling=pooling, projection=projection)
+
+
+def cosine_distance(a, b) -> float:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(1.0 - a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def random_ids(n: int, seed: int = 0) -> list[int]:
+    return torch.randint(2, len(tokenizer()), (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+@st.composite
+def chunked_sequences(draw):
+    """A random token sequence and a random split of it into consecutive non-empty chunks."""
+    ids = draw(st.lists(st.integers(2, len(tokenizer()) - 1), min_size=1, max_size=48))
+    cuts = sorted(draw(st.sets(st.integers(1, max(1, len(ids) - 1)), max_size=6)) - {len(ids)})
+    bounds = [0, *cuts, len(ids)]
+    return ids, [ids[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+@pytest.mark.parametrize("pooling", ["mean", "last"])
+@pytest.mark.parametrize("projected", [False, True])
+@settings(max_examples=25, deadline=None)
+@given(case=chunked_sequences())
+def test_incremental_equals_full_recompute(pooling, projected, case):
+    ids, chunks = case
+    stream = StreamingEncoder(encoder(pooling, projected))
+    seen: list[int] = []
+    for chunk in chunks:
+        incremental = stream.append_ids(chunk)
+        seen += chunk
+        assert incremental.dtype == np.float32
+        assert cosine_distance(incremental, stream.full_embedding(seen)) <= 1e-6
+    assert stream.n_tokens == len(ids) and stream.token_ids == ids
+
+
+def test_incremental_equals_full_recompute_eager_and_unnormalised():
+    enc = Encoder(model(0, "eager"), tokenizer(), pooling="mean", normalize=False)
+    stream = StreamingEncoder(enc)
+    ids = random_ids(40)
+    for a, b in [(0, 1), (1, 17), (17, 18), (18, 40)]:
+        vector = stream.append_ids(torch.tensor(ids[a:b]) if a % 2 else np.array(ids[a:b]))  # any container
+    full = stream.full_embedding(ids)
+    assert cosine_distance(vector, full) <= 1e-6
+    assert np.allclose(vector, full, atol=1e-5)  # without normalisation the scale matches too
+
+
+def test_full_embedding_equals_encoder_forward():
+    enc = encoder("mean", True)
+    text = "the cat sat on the mat"
+    stream = StreamingEncoder(enc)
+    stream.append(text)
+    assert cosine_distance(stream.embedding(), enc.encode(text)) <= 1e-6
+    assert stream.token_ids == tokenizer()(text, add_special_tokens=False)["input_ids"]
+
+
+def test_reset_starts_a_new_stream():
+    stream = StreamingEncoder(encoder("mean", True))
+    stream.append_ids(random_ids(20, seed=1))
+    stream.reset()
+    assert stream.n_tokens == 0
+    ids = random_ids(10, seed=2)
+    assert np.array_equal(stream.append_ids(ids), StreamingEncoder(encoder("mean", True)).append_ids(ids))
+
+
+@pytest.mark.parametrize("pooling", ["mean", "last"])
+def test_saved_state_resumes_identically(pooling, tmp_path):
+    enc = encoder(pooling, True)
+    ids = random_ids(30, seed=3)
+    stream = StreamingEncoder(enc)
+    stream.append_ids(ids[:12])
+    stream.save_state(tmp_path / "parked")
+    resumed = StreamingEncoder.restore(enc, tmp_path / "parked")
+    assert resumed.n_tokens == 12
+    assert np.array_equal(resumed.embedding(), stream.embedding())
+    assert np.array_equal(resumed.append_ids(ids[12:]), stream.append_ids(ids[12:]))
+
+
+def test_in_memory_state_is_a_snapshot():
+    enc = encoder("mean", True)
+    ids = random_ids(30, seed=4)
+    stream = StreamingEncoder(enc)
+    parked_vector = stream.append_ids(ids[:10])
+    state = stream.state
+    stream.append_ids(ids[10:])  # must not change the parked state
+    other = StreamingEncoder(enc)
+    other.load_state(state)
+    assert np.array_equal(other.embedding(), parked_vector)
+    assert cosine_distance(other.append_ids(ids[10:]), stream.embedding()) <= 1e-6
+
+
+def test_state_from_another_model_or_pooling_is_refused(tmp_path):
+    stream = StreamingEncoder(encoder("mean", True, seed=0))
+    stream.append_ids(random_ids(8))
+    stream.save_state(tmp_path / "s")
+    with pytest.raises(ValueError, match="different model weights"):
+        StreamingEncoder.restore(encoder("mean", True, seed=1), tmp_path / "s")
+    with pytest.raises(ValueError, match="pooling"):
+        StreamingEncoder.restore(encoder("last", True, seed=0), tmp_path / "s")
+
+
+def test_corrupt_state_raises_artifact_error(tmp_path):
+    stream = StreamingEncoder(encoder("mean", True))
+    stream.append_ids(random_ids(8))
+    folder = stream.save_state(tmp_path / "s")
+    tensors = folder / "state.safetensors"
+    tensors.write_bytes(tensors.read_bytes()[:40])
+    with pytest.raises(ArtifactError):
+        StreamingEncoder.restore(encoder("mean", True), folder)
+
+
+def test_bidirectional_and_echo_are_refused():
+    with pytest.raises(ValueError, match="stale"):
+        StreamingEncoder(Encoder(model(), tokenizer(), attention="bidirectional"))
+    with pytest.raises(ValueError, match="Echo"):
+        StreamingEncoder(Encoder(model(), tokenizer(), pooling="echo"))
+
+
+def test_overflow_raises_and_leaves_the_stream_intact():
+    stream = StreamingEncoder(encoder("mean", True))
+    ids = random_ids(MAX_POSITIONS + 8, seed=5)
+    before = stream.append_ids(ids[: MAX_POSITIONS - 4])
+    with pytest.raises(ValueError, match=f"{MAX_POSITIONS} positions"):
+        stream.append_ids(ids[MAX_POSITIONS - 4 : MAX_POSITIONS + 1])
+    assert stream.n_tokens == MAX_POSITIONS - 4
+    assert np.array_equal(stream.embedding(), before)
+    stream.append_ids(ids[MAX_POSITIONS - 4 : MAX_POSITIONS])  # exactly full is fine
+    assert cosine_distance(stream.embedding(), stream.full_embedding()) <= 1e-6
+
+
+def test_bad_input_is_rejected():
+    stream = StreamingEncoder(encoder("last", False))
+    with pytest.raises(ValueError, match="empty"):
+        stream.append("  ")
+    with pytest.raises(ValueError, match="empty"):
+        stream.append_ids([])
+    with pytest.raises(ValueError, match="token ids"):
+        stream.append_ids([10**6])
+    assert stream.n_tokens == 0
