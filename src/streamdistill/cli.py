@@ -64,11 +64,14 @@ def cmd_data(args) -> dict:
 
 
 def cmd_train(args) -> dict:
-    from .pipeline import run_stage
+    from .pipeline import STAGE_SETTINGS, run_stage
 
-    profile = get_profile(args.profile, parse_sets(args.set))
+    sets = parse_sets(args.set)
+    stage_settings = {k: sets.pop(k) for k in STAGE_SETTINGS if k in sets}  # e.g. variant=hard
+    profile = get_profile(args.profile, sets)
     started = time.perf_counter()
-    folder, summary = run_stage(args.stage, profile)
+    folder, summary = run_stage(args.stage, profile, **stage_settings)
+    summary = {k: v for k, v in summary.items() if k != "loss_history"}  # the curve is in the artifact
     return {"stage": args.stage, "profile": profile.name, "artifact": str(folder),
             "summary": summary, "seconds": round(time.perf_counter() - started, 2)}
 

@@ -103,6 +103,10 @@ def resolve_model(name_or_path: str, profile: Profile | str | None = None) -> Em
     profile = get_profile(profile)
     if name_or_path in {MINILM, "all-MiniLM-L6-v2"}:
         return load_sentence_transformer(minilm_path(), name=MINILM)
+    try:
+        from . import pipeline  # noqa: F401  (importing it registers the stage-name resolver)
+    except ImportError:
+        pass
     for resolver in RESOLVERS:
         model = resolver(name_or_path, profile)
         if model is not None:
@@ -211,9 +215,10 @@ def results_root() -> Path:
 
 def sampling_key(profile: Profile) -> str:
     """Results of subsampled tasks live apart from full ones."""
-    if not profile.task_max_samples:
+    if not profile.task_max_samples and not profile.eval_experiments:
         return "full"
-    return f"sampled-{config_hash([profile.task_max_samples, profile.task_max_corpus, profile.seed], 8)}"
+    key = [profile.task_max_samples, profile.task_max_corpus, profile.seed, profile.eval_experiments]
+    return f"sampled-{config_hash(key, 8)}"
 
 
 def main_score(task_result, name: str) -> float:

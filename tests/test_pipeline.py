@@ -1,0 +1,189 @@
+"""The pipeline stages on the tiny profile: caching, the teacher's mask, the student's cache, resolvers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from streamdistill import evaluate, pipeline
+from streamdistill.artifacts import load_tensors, read_done
+from streamdistill.encoder import Encoder, tiny_qwen2, tiny_tokenizer
+from streamdistill.profiles import get_profile
+
+TINY = get_profile("tiny")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Two test workers share two cores: one thread each avoids oversubscription."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def test_tokenizer_trains_on_training_texts_and_round_trips():
+    folder, summary = pipeline.run_stage("tokenizer", TINY)
+    tok = pipeline.load_tokenizer(folder)
+    assert len(tok) <= TINY.vocab_size and summary["round_trip"]
+    text = "Streaming embeddings reuse the cache — naïve café, 42%."
+    ids = tok(text)["input_ids"]
+    assert ids[-1] == tok.eos_token_id  # eos closes every text
+    assert tok.decode(ids, skip_special_tokens=True) == text
+    assert tok.pad_token_id == 0 and tok.convert_ids_to_tokens(1) == "<eos>"
+
+
+def test_base_lm_heldout_loss_drops():
+    folder, summary = pipeline.run_stage("base-lm", TINY)
+    assert summary["heldout_loss_after"] < summary["heldout_loss_before"]
+    assert summary["heldout_ppl_after"] < summary["heldout_ppl_before"]
+    assert len(summary["loss_history"]) == TINY.lm_steps
+    assert len(pipeline.history(folder)) == TINY.lm_steps
+    assert (folder / "lm" / "config.json").exists()
+    config = json.loads((folder / "lm" / "config.json").read_text())
+    assert config["max_position_embeddings"] == TINY.max_positions and config["tie_word_embeddings"]
+
+
+def test_teacher_is_cached_and_a_changed_setting_retrains():
+    first, summary = pipeline.run_stage("teacher", TINY)
+    t0 = time.perf_counter()
+    again, _ = pipeline.run_stage("teacher", TINY)
+    assert again == first and time.perf_counter() - t0 < 2.0
+    assert summary["variant"] == "ggsm" and summary["attention"] == "bidirectional"
+    assert read_done(first)["config"]["seed"] == TINY.seed
+    other, _ = pipeline.run_stage("teacher", get_profile("tiny", {"lr": "5e-4"}))
+    assert other != first and other.parent == first.parent
+
+
+def test_teacher_is_saved_bidirectional_and_reloads_identically():
+    folder, _ = pipeline.run_stage("teacher", TINY)
+    encoder = Encoder.load(folder / "model")
+    assert encoder.attention == "bidirectional"
+    probe = load_tensors(folder / "probe.safetensors")["embeddings"]
+    again = encoder.encode(list(pipeline.PROBE_TEXTS), convert_to_numpy=False)
+    torch.testing.assert_close(again, probe, rtol=0, atol=1e-6)
+    encoder.attention = "causal"  # the same weights read causally give other embeddings
+    assert not torch.allclose(encoder.encode(list(pipeline.PROBE_TEXTS), convert_to_numpy=False), probe, atol=1e-4)
+    importance = load_tensors(folder / "softmask.safetensors")
+    assert importance["importance"].shape == (TINY.max_length, TINY.max_length)
+    assert float(importance["importance"].abs().sum()) > 0  # the warm-up saw gradients
+
+
+def test_student_reads_cached_teacher_embeddings_without_loading_the_teacher(monkeypatch):
+    teacher, _ = pipeline.run_stage("teacher", TINY)
+    cache = pipeline.teacher_embeddings_stage(TINY)
+    tensors = load_tensors(cache / "embeddings.safetensors")
+    pairs_seen = TINY.train_steps * TINY.batch_size
+    assert tensors["queries"].shape == tensors["docs"].shape == (len(tensors["index"]), 32)
+    assert len(tensors["index"]) <= pairs_seen
+    assert read_done(cache)["config"]["teacher"] == teacher.name  # keyed by the teacher's hash
+
+    real_load = Encoder.load
+
+    def refuse_teacher(path, **kw):
+        assert teacher not in [Path(path), *Path(path).parents], "the student's build loaded the teacher"
+        return real_load(path, **kw)
+
+    monkeypatch.setattr(Encoder, "load", staticmethod(refuse_teacher))
+    folder, summary = pipeline.run_stage("student", TINY)
+    assert summary["teacher_embeddings"] == str(cache / "embeddings.safetensors")
+    assert summary["attention"] == "causal"
+    rows = pipeline.history(folder)
+    assert len(rows) == TINY.train_steps and {"infonce", "mse"} <= set(rows[0])
+
+
+def test_contrastive_stages_read_the_same_pairs_in_the_same_order():
+    data = pipeline.pair_data(TINY)
+    again = pipeline.pair_data(TINY)
+    assert data.indices(3, 0) == again.indices(3, 0)
+    other = pipeline.pair_data(get_profile("tiny", {"seed": "1"}))
+    assert data.indices(0, 0) != other.indices(0, 0)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: pipeline.run_stage("nope", TINY), "unknown stage 'nope'; choose one of: tokenizer, base-lm"),
+    (lambda: pipeline.run_stage("teacher", TINY, variant="soft"), "unknown teacher variant 'soft'; choose one of: ggsm, hard, linear"),
+    (lambda: pipeline.run_stage("causal", TINY, variant="hard"), "variant= applies to the teacher stage only"),
+    (lambda: pipeline.run_stage("teacher", TINY, colour="red"), "unknown stage setting(s) colour"),
+    (lambda: pipeline.load_stage_encoder("Z", TINY), "unknown model stage 'Z'"),
+])
+def test_bad_stage_inputs_raise_value_errors(call, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        call()
+
+
+def test_resolver_makes_stage_names_evaluable():
+    assert "C" in evaluate.stage_names() and "A+Echo" in evaluate.stage_names()
+    model = evaluate.resolve_model("C", "tiny")
+    assert model.name == "streamdistill/tiny-C"
+    emb = model.encode(["a short text", "another one"], None)
+    assert emb.shape == (2, 32) and abs(float((emb**2).sum(1)[0]) - 1.0) < 1e-5
+    echo = evaluate.resolve_model("A+Echo", "tiny")
+    plain = evaluate.resolve_model("A", "tiny")
+    assert echo.revision != plain.revision  # same weights, other inference: other cache entry
+    via_sets = pipeline.resolve_with_settings("A", TINY, {"pooling": "echo"})
+    assert via_sets.encode(["x y z"], None).tolist() == echo.encode(["x y z"], None).tolist()
+    assert pipeline.resolve_stage("not-a-stage", TINY) is None
+
+
+def test_paper_code_path_with_a_tiny_random_qwen2_and_lora():
+    pytest.importorskip("peft")
+    profile = get_profile("tiny", {"lora_r": "4", "lora_alpha": "8", "train_steps": "1", "batch_size": "4"})
+    lm = tiny_qwen2(vocab_size=300, hidden=32, layers=2, heads=2, kv_heads=1)
+    tok = tiny_tokenizer(vocab_size=300)
+    encoder = pipeline.make_encoder(lm, tok, profile)
+    trainable = [n for n, p in encoder.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    frozen = {n: p.detach().clone() for n, p in encoder.named_parameters() if not p.requires_grad}
+    data = pipeline.PairData([("a cat sat", "the cat sat on the mat"), ("a dog ran", "a dog ran in the park")] * 4,
+                             seed=0, batch_size=4, grad_accum=1)
+    result, soft = pipeline.train_contrastive(encoder, profile, data, kind="teacher", progress=False)
+    assert len(result.history) == 1 and math_finite(result.history[0]["loss"])
+    assert all(torch.equal(p, frozen[n]) for n, p in encoder.named_parameters() if n in frozen)
+    pipeline.merge_lora(encoder)
+    assert not any("lora_" in n for n, _ in encoder.named_parameters())
+    assert encoder.encode("a cat sat").shape == (32,)
+
+
+def test_gap_closure_experiment_wires_the_four_models(monkeypatch):
+    fake = {"streamdistill/tiny-A": 50.0, "streamdistill/tiny-A+Echo": 52.0, "streamdistill/tiny-B": 60.0,
+            "streamdistill/tiny-C": 57.0}
+    seen = []
+
+    def fake_evaluate(model, tasks, profile):
+        seen.append(model.name)
+        return {"model": model.name, "revision": model.revision, "scores": {t: fake[model.name] for t in tasks}}
+
+    monkeypatch.setattr(evaluate, "evaluate_model", fake_evaluate)
+    report = pipeline.gap_closure_experiment(TINY, tasks=["STSBenchmark", "SciFact"])
+    assert seen == list(fake)
+    assert report["gap_closure"] == pytest.approx(0.7)
+    assert report["student_minus_echo"] == pytest.approx(5.0)
+    assert set(report["gap_closure_by_type"]) == {"STS", "Retrieval"}
+    assert report["per_task"]["C"] == {"STSBenchmark": 57.0, "SciFact": 57.0}
+
+
+def math_finite(x: float) -> bool:
+    return x == x and abs(x) != float("inf")
+
+
+def test_cli_train_teacher_prints_json(capsys):
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "streamdistill.cli", "train", "teacher", "--profile", "tiny"],
+                          capture_output=True, text=True, env=dict(os.environ), timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout)
+    assert out["stage"] == "teacher" and out["summary"]["attention"] == "bidirectional"
+    assert "loss_history" not in out["summary"]  # the curve stays in the artifact
+    assert time.perf_counter() - t0 < 60
+    from streamdistill.cli import main
+
+    assert main(["train", "teacher", "--profile", "tiny", "--set", "variant=soft"]) == 2
+    assert "unknown teacher variant 'soft'" in capsys.readouterr().err.strip().splitlines()[-1]
