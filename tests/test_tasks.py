@@ -71,3 +71,9 @@ def test_without_mirror_or_hub_named_tasks_fail_clearly(monkeypatch):
         tasks.get_task("STSBenchmark")
     with pytest.warns(UserWarning, match="SYNTHETIC TASKS"):
         assert tasks.default_tasks() == tasks.SYNTHETIC_TASKS
+
+
+def test_official_evaluator_settings_except_tiny_repetitions():
+    assert tasks.get_task("Banking77Classification", "cpu").n_experiments == mteb.get_task("Banking77Classification").n_experiments == 10
+    assert tasks.get_task("Banking77Classification", "tiny").n_experiments == get_profile("tiny").eval_experiments
+    assert tasks.get_task("EmotionClassification", "cpu").samples_per_label == 16  # mteb's own setting kept

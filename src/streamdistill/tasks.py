@@ -157,7 +157,12 @@ def _mirror_class(official_cls: type, kind: str, spec: dict, profile: Profile) -
         LOADERS[kind](self, spec, profile)
         self.data_loaded = True
 
-    return type(f"Mirror{official_cls.__name__}", (official_cls,), {"load_data": load_data, "__module__": __name__})
+    attrs: dict[str, Any] = {"load_data": load_data, "__module__": __name__}
+    if profile.eval_experiments and kind == "Classification":
+        attrs["n_experiments"] = profile.eval_experiments
+    if profile.eval_experiments and kind == "Clustering":
+        attrs["n_clusters"] = profile.eval_experiments
+    return type(f"Mirror{official_cls.__name__}", (official_cls,), attrs)
 
 
 # --------------------------------------------------------------------------- project-defined tasks
