@@ -40,3 +40,14 @@ def test_data_check_passes_then_names_a_corrupt_file(mirror_copy, capsys):
     target.write_text(text.replace("1", "0", 1))
     assert main(["data", "check"]) == 2
     assert "corrupt file" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_leaf_student_trains_then_evaluates_against_its_teacher(tmp_path, capsys):
+    assert main(["train", "leaf", "--profile", "tiny", "--set", "leaf_steps=5"]) == 0
+    folder = json.loads(capsys.readouterr().out)["artifact"]
+    out = tmp_path / "leaf.json"
+    assert main(["evaluate", "--model", folder, "--teacher", "sentence-transformers/all-MiniLM-L6-v2",
+                 "--tasks", "SciFact", "--profile", "tiny", "--quiet", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["scores"]) == set(result["teacher_scores"]) == set(result["asymmetric_scores"]) == {"SciFact"}
+    assert result["retention"]["SciFact"] == pytest.approx(100 * result["scores"]["SciFact"] / result["teacher_scores"]["SciFact"])

@@ -274,3 +274,20 @@ def test_truncation_curve_and_quantization_table_on_scifact_tiny():
     assert means["int8"] == pytest.approx(means["float32"], abs=2.0) and means["binary"] > 0
     curve = leaf.truncation_curve(model, dims=(8,), tasks=["SciFact"], profile=TINY)
     assert curve["dims"] == [8] and 0 < curve["mean"][8] < means["float32"]
+
+
+def test_memoized_encodes_each_text_once():
+    import numpy as np
+
+    from streamdistill.evaluate import EmbeddingModel
+    from streamdistill.leaf import memoized
+
+    calls = []
+    base = EmbeddingModel("m", "r", lambda texts, kind=None: calls.append(list(texts)) or np.ones((len(texts), 3)) * len(texts[0]))
+    model = memoized(base)
+    first = model.encode(["ab", "c", "ab"], "query")
+    second = model.encode(["c", "ab"], "query")
+    assert calls == [["ab", "c"]]
+    assert np.array_equal(first[0], second[1]) and np.array_equal(first[1], second[0])
+    model.encode(["c"], "document")  # another prompt type is another vector
+    assert calls[-1] == ["c"]

@@ -40,6 +40,15 @@ def cmd_evaluate(args) -> dict:
         model = resolve_with_settings(args.model, profile, sets)
     else:
         model = resolve_model(args.model, profile)
+    if args.teacher:  # LEAF: the student against its teacher, alone and in asymmetric mode
+        from .leaf import asymmetric_scores
+
+        teacher = resolve_model(args.teacher, profile)
+        report = asymmetric_scores(model, teacher, args.tasks, profile)
+        return {"model": model.name, "revision": model.revision, "teacher": teacher.name,
+                "scores": report["scores"]["student"], "teacher_scores": report["scores"]["teacher"],
+                "asymmetric_scores": report["scores"]["asymmetric"], "means": report["mean"],
+                "retention": report["retention"]["student"], "asymmetric_retention": report["retention"]["asymmetric"]}
     return evaluate_model(model, args.tasks, profile, show_progress=not args.quiet)
 
 
@@ -111,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="evaluate a model on mteb tasks")
     p.add_argument("--model", required=True, help="Hub name (offline copies first), model folder, or stage name (A, A+Echo, B, C, ...)")
     p.add_argument("--tasks", required=True, help="comma-separated task names")
+    p.add_argument("--teacher", help="also score this teacher and the asymmetric pair (student queries, "
+                                      "teacher documents), with the student's retention (LEAF)")
     p.add_argument("--quiet", action="store_true")
     add_common(p)
     p.set_defaults(func=cmd_evaluate)

@@ -621,3 +621,25 @@ def throughput(models: dict[str, EmbeddingModel], texts: Sequence[str], batch_si
     return {name: {"texts_per_s": len(texts) / max(best[name], 1e-9), "seconds": best[name],
                    "n_parameters": models[name].n_parameters or 0, "texts": len(texts), "batch_size": batch_size}
             for name in models}
+
+
+# --------------------------------------------------------------------------- shared embeddings
+
+
+def memoized(model: EmbeddingModel) -> EmbeddingModel:
+    """The same model, remembering each text's vector (per prompt type) in memory.
+
+    Truncated, rotated and quantized variants of one model all start from its float vectors; with
+    the base memoized, a corpus is encoded once instead of once per variant.
+    """
+    memo: dict[tuple[str, str | None], np.ndarray] = {}
+
+    def encode(texts: list[str], prompt_type: str | None = None) -> np.ndarray:
+        missing = [t for t in dict.fromkeys(texts) if (t, prompt_type) not in memo]
+        if missing:
+            memo.update(zip(((t, prompt_type) for t in missing), np.asarray(model.encode(missing, prompt_type))))
+        return np.stack([memo[(t, prompt_type)] for t in texts])
+
+    return EmbeddingModel(name=model.name, revision=model.revision, encode=encode, embed_dim=model.embed_dim,
+                          n_parameters=model.n_parameters, max_tokens=model.max_tokens, st_model=model.st_model,
+                          extra={**model.extra, "memoized": True})

@@ -616,10 +616,7 @@ def _run_leaf(profile: Profile) -> tuple[Path, dict]:
         from . import leaf
     except ImportError as exc:
         raise ValueError(f"the leaf stage lives in src/streamdistill/leaf.py, which cannot be imported ({exc})") from None
-    fn = getattr(leaf, "run_stage", None)
-    if fn is None:
-        raise ValueError("src/streamdistill/leaf.py must define run_stage(profile) -> (folder, summary)")
-    return fn(profile)
+    return leaf.run_leaf(profile)
 
 
 # name -> (stage, stage settings, pooling at inference or None for the saved one)
