@@ -29,6 +29,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -330,3 +333,249 @@ class StreamingEncoder:
         stream = cls(encoder)
         stream.load_state(state)
         return stream
+
+
+# =============================================================================================
+# the streaming benchmark of the paper
+# =============================================================================================
+#
+# A stream holds an L-token prefix; each update appends D tokens. The student (causal, KV cache)
+# pays for the D new tokens against L cached ones; every other method re-embeds the whole L + D
+# tokens from scratch: the student itself without its cache, the bidirectional teacher B, and
+# Echo on A (which embeds the text twice). The speed-up's physical limit is the token ratio
+# (L + D) / D (about 33 at L = 4096, D = 128): attention makes a recompute cost a little more than
+# linear in L, the per-call overhead of a small update a little more than its tokens.
+
+STREAM_MODELS = {"student": "C", "teacher": "B", "echo_model": "A+Echo"}
+WEIGHTS_ENV = "STREAMDISTILL_STREAM_WEIGHTS"  # "random" skips the pipeline (latency needs no training)
+METHODS = ("student_kv", "student_recompute", "teacher_recompute", "echo_recompute")
+
+
+def _cosine_distance(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return max(0.0, float(1.0 - a @ b / (np.linalg.norm(a) * np.linalg.norm(b))))
+
+
+def random_benchmark_encoders(profile, *, max_positions: int | None = None, seed: int = 0) -> dict[str, Encoder]:
+    """Randomly initialised student / teacher / Echo encoders of the profile's Qwen2 size.
+
+    One backbone (``profile`` hidden size, layers, heads, kv heads, intermediate size, vocabulary)
+    shared by the three: causal + mean (C), bidirectional + mean (B), causal + echo (A+Echo).
+    Latency does not depend on the weights, only on the architecture and the token counts.
+    ``max_positions`` defaults to the profile's; pass more to let Echo's doubled text fit.
+    """
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from .encoder import tiny_tokenizer
+
+    config = Qwen2Config(
+        vocab_size=profile.vocab_size, hidden_size=profile.hidden_size, intermediate_size=profile.intermediate_size,
+        num_hidden_layers=profile.num_layers, num_attention_heads=profile.num_heads,
+        num_key_value_heads=profile.num_kv_heads, max_position_embeddings=int(max_positions or profile.max_positions),
+        tie_word_embeddings=True, attn_implementation="sdpa",
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        lm = Qwen2ForCausalLM(config).eval()
+    tokenizer = tiny_tokenizer(vocab_size=min(300, profile.vocab_size))
+    return {
+        "student": Encoder(lm, tokenizer, attention="causal", pooling="mean").eval(),
+        "teacher": Encoder(lm, tokenizer, attention="bidirectional", pooling="mean").eval(),
+        "echo_model": Encoder(lm, tokenizer, attention="causal", pooling="echo").eval(),
+    }
+
+
+def benchmark_encoders(profile, *, weights: str | None = None, max_positions: int | None = None,
+                       seed: int = 0) -> tuple[dict[str, Encoder], str]:
+    """``({"student": C, "teacher": B, "echo_model": A+Echo}, "trained" | "random")``.
+
+    ``weights="trained"`` loads the pipeline's stage models (training what is missing),
+    ``"random"`` builds :func:`random_benchmark_encoders`, ``None`` (default) reads
+    ``$STREAMDISTILL_STREAM_WEIGHTS`` and otherwise tries the pipeline, falling back to random
+    weights with a printed note when ``streamdistill.pipeline`` cannot be imported.
+    """
+    weights = weights or os.environ.get(WEIGHTS_ENV) or "auto"
+    if weights not in ("auto", "trained", "random"):
+        raise ValueError(f"weights must be auto, trained or random, got {weights!r}")
+    if weights != "random":
+        try:
+            from .pipeline import load_stage_encoder
+        except ImportError as exc:
+            if weights == "trained":
+                raise
+            print(f"streamdistill.pipeline is not importable ({exc}); the streaming benchmark uses RANDOMLY "
+                  "initialised models of the profile's size (latency does not depend on weights)")
+        else:
+            out = {}
+            for key, stage in STREAM_MODELS.items():
+                loaded = load_stage_encoder(stage, profile)
+                out[key] = (loaded[0] if isinstance(loaded, tuple) else loaded).eval()
+            return out, "trained"
+    else:
+        print("streaming benchmark: RANDOMLY initialised models of the profile's size "
+              "(latency does not depend on weights)")
+    return random_benchmark_encoders(profile, max_positions=max_positions, seed=seed), "random"
+
+
+def _embed_ids(encoder: Encoder, ids: torch.Tensor, pool_mask: torch.Tensor | None = None) -> np.ndarray:
+    """Embed one sequence of ids from scratch (no cache), as ``Encoder.forward`` does."""
+    ids = ids[None].to(encoder.device)
+    mask = torch.ones_like(ids)
+    pool_mask = None if pool_mask is None else pool_mask[None].to(encoder.device)
+    if ids.shape[1] <= encoder.max_positions:
+        out = encoder(input_ids=ids, attention_mask=mask, pool_mask=pool_mask)["embedding"]
+    else:
+        # Echo writes the text twice and can run past the trained positions: the same
+        # computation (for its latency; rotary positions extrapolate), without the guard.
+        bias = attention_bias(mask, encoder.attention, dtype=encoder.dtype)
+        positions = torch.arange(ids.shape[1], device=ids.device)[None]
+        hidden = encoder.backbone(input_ids=ids, attention_mask=bias, position_ids=positions,
+                                  use_cache=False).last_hidden_state
+        out = encoder.project(encoder.pool(hidden, mask, pool_mask))
+    return out[0].float().cpu().numpy()
+
+
+def _echo_ids(encoder: Encoder, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Echo's input for bare token ids: prompt + ids + middle + ids, pooling the second copy."""
+    from .encoder import ECHO_MIDDLE, ECHO_PREFIX
+
+    tok = encoder.tokenizer
+    prefix = torch.tensor(tok(ECHO_PREFIX, add_special_tokens=False)["input_ids"], dtype=torch.long)
+    middle = torch.tensor(tok(ECHO_MIDDLE, add_special_tokens=False)["input_ids"], dtype=torch.long)
+    full = torch.cat([prefix, ids, middle, ids])
+    pool = torch.zeros_like(full)
+    pool[len(full) - len(ids):] = 1
+    return full, pool
+
+
+def _token_stream(n: int, vocab: int, seed: int) -> torch.Tensor:
+    """``n`` seeded random token ids in [2, vocab) (0 and 1 are often pad / eos)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(min(2, vocab - 1), vocab, (n,), generator=generator)
+
+
+def _cache_mb(stream: StreamingEncoder) -> float:
+    keys, values = stream._cache_tensors()
+    return sum(t.numel() * t.element_size() for t in keys + values) / 2**20
+
+
+def stream_benchmark(profile=None, prefix: int | None = None, delta: int | None = None, updates: int | None = None,
+                     *, student: Encoder | None = None, teacher: Encoder | None = None,
+                     echo_model: Encoder | None = None, seed: int = 0, growing: bool = False,
+                     weights: str | None = None, verbose: bool = False) -> dict[str, Any]:
+    """Latency of re-embedding a growing stream: the student's KV cache against recomputation.
+
+    A seeded stream of ``prefix + updates * delta`` random token ids. The student appends the
+    prefix once (not timed); then, for each update, ``delta`` new tokens go through the KV cache
+    (timed: the whole ``append_ids`` call, embedding included), while the student without cache,
+    the teacher B and Echo on A embed the whole current sequence from scratch (timed). By default
+    every update starts from the same L-token prefix (the cache is rolled back between updates,
+    untimed), so each update is exactly L -> L + D and the token ratio (L + D) / D is the
+    speed-up's limit; ``growing=True`` lets the stream grow instead (it must fit the positions).
+
+    Same process, same thread count, methods interleaved within each update; one warm-up update
+    (the first delta, rolled back) is excluded; latencies are medians over ``updates``.
+    ``max_cosine_distance`` is the largest cosine distance between the KV-cache embedding and the
+    full recompute of the same ids. Encoders not given come from :func:`benchmark_encoders`.
+    """
+    from .profiles import get_profile
+
+    profile = get_profile(profile)
+    L = int(prefix if prefix is not None else profile.stream_prefix)
+    D = int(delta if delta is not None else profile.stream_delta)
+    U = int(updates if updates is not None else profile.stream_updates)
+    if L < 1 or D < 1 or U < 1:
+        raise ValueError(f"prefix, delta and updates must be >= 1, got {L}, {D}, {U}")
+    longest = L + (U * D if growing else D)
+    given = {"student": student, "teacher": teacher, "echo_model": echo_model}
+    weights_used = "given"
+    if any(v is None for v in given.values()):
+        loaded, weights_used = benchmark_encoders(profile, weights=weights, seed=seed,
+                                                  max_positions=max(profile.max_positions, 2 * longest + 64))
+        given = {k: v if v is not None else loaded[k] for k, v in given.items()}
+    student, teacher, echo_model = given["student"], given["teacher"], given["echo_model"]
+    if teacher.attention != "bidirectional":
+        warnings.warn(f"the teacher has attention={teacher.attention!r}, not bidirectional", stacklevel=2)
+    if echo_model.pooling != "echo":
+        warnings.warn(f"the Echo model has pooling={echo_model.pooling!r}, not echo", stacklevel=2)
+    if longest > student.max_positions:
+        raise ValueError(f"the stream needs {longest} positions, the student has {student.max_positions}: "
+                         "lower prefix/delta/updates (or growing=False)")
+    vocab = min(int(m.backbone.config.vocab_size) for m in (student, teacher, echo_model))
+    ids = _token_stream(L + U * D, vocab, seed)
+    deltas = [ids[L + u * D: L + (u + 1) * D] for u in range(U)]
+
+    stream = StreamingEncoder(student)
+    times: dict[str, list[float]] = {m: [] for m in METHODS}
+    distances: list[float] = []
+    echo_beyond = False
+    clock = time.perf_counter
+    with torch.inference_mode():
+        stream.append_ids(ids[:L])
+        at_prefix = stream.state
+        for u in range(-1, U):  # u = -1: warm-up on the first delta, rolled back, not recorded
+            new = deltas[max(u, 0)]
+            if not growing or u == 0:
+                stream.load_state(at_prefix)
+            current = torch.cat([ids[:stream.n_tokens], new])
+            echo_in, echo_pool = _echo_ids(echo_model, current)
+            echo_beyond |= len(echo_in) > echo_model.max_positions
+
+            t0 = clock()
+            incremental = stream.append_ids(new)
+            t1 = clock()
+            full = _embed_ids(student, current)
+            t2 = clock()
+            _embed_ids(teacher, current)
+            t3 = clock()
+            _embed_ids(echo_model, echo_in, echo_pool)
+            t4 = clock()
+            if u < 0:
+                continue
+            for method, seconds in zip(METHODS, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                times[method].append(seconds * 1e3)
+            distances.append(_cosine_distance(incremental, full))
+            if verbose:
+                print(f"update {u + 1}/{U}: " + ", ".join(f"{m} {times[m][-1]:.1f} ms" for m in METHODS), flush=True)
+        cache_mb = _cache_mb(stream)
+
+    latency = {m: float(np.median(v)) for m, v in times.items()}
+    kv = latency["student_kv"]
+    return {
+        "profile": profile.name,
+        "prefix": L,
+        "delta": D,
+        "updates": U,
+        "growing": bool(growing),
+        "weights": weights_used,
+        "speedup_vs_teacher": latency["teacher_recompute"] / kv,
+        "speedup_vs_echo": latency["echo_recompute"] / kv,
+        "speedup_vs_recompute": latency["student_recompute"] / kv,
+        "token_ratio_limit": (L + D) / D,
+        "max_cosine_distance": max(distances),
+        "cosine_distances": distances,
+        "latency_ms": latency,
+        "latency_ms_all": times,
+        "cache_mb": cache_mb,
+        "echo_tokens": int(len(echo_in)),
+        "echo_beyond_positions": bool(echo_beyond),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def stream_sweep(profile=None, prefixes: Sequence[int] = (256, 512, 1024, 2048, 4096), delta: int = 128,
+                 updates: int | None = None, *, student: Encoder | None = None, teacher: Encoder | None = None,
+                 echo_model: Encoder | None = None, seed: int = 0, weights: str | None = None) -> list[dict[str, Any]]:
+    """:func:`stream_benchmark` at each prefix length (same encoders, loaded once): latency against L."""
+    from .profiles import get_profile
+
+    profile = get_profile(profile)
+    prefixes = [int(p) for p in prefixes]
+    updates = int(updates if updates is not None else min(profile.stream_updates, 5))
+    given = {"student": student, "teacher": teacher, "echo_model": echo_model}
+    if any(v is None for v in given.values()):
+        longest = max(prefixes) + delta
+        loaded, _ = benchmark_encoders(profile, weights=weights, seed=seed,
+                                       max_positions=max(profile.max_positions, 2 * longest + 64))
+        given = {k: v if v is not None else loaded[k] for k, v in given.items()}
+    return [stream_benchmark(profile, prefix=p, delta=delta, updates=updates, seed=seed, **given) for p in prefixes]

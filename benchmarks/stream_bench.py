@@ -1,0 +1,67 @@
+"""Streaming benchmark of the paper: the student's KV cache against recomputing the whole text.
+
+    python benchmarks/stream_bench.py --profile cpu --prefix 4096 --delta 128 --updates 20
+
+Prints the median latency per method, the speed-ups next to the token-ratio limit (L + D) / D,
+the largest cosine distance between cached and recomputed embeddings, and the cache size.
+``--weights random`` skips the pipeline (latency does not depend on the weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+# OpenMP threads that spin while waiting stall each small op of a cached update whenever another
+# process holds a core (a shared 2-core machine: ~10x slower updates at 2 threads); passive waiting
+# costs the large recomputes nothing. Must be set before torch starts its thread pool.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+
+from streamdistill.profiles import get_profile, parse_sets  # noqa: E402
+from streamdistill.streaming import stream_benchmark  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default=None, help="scale profile (tiny, cpu, paper)")
+    parser.add_argument("--prefix", type=int, help="prefix length L in tokens (default: the profile's)")
+    parser.add_argument("--delta", type=int, help="tokens appended per update (default: the profile's)")
+    parser.add_argument("--updates", type=int, help="timed updates (default: the profile's)")
+    parser.add_argument("--weights", choices=["auto", "trained", "random"], default=None,
+                        help="stage models from the pipeline, or random ones (default: auto)")
+    parser.add_argument("--growing", action="store_true", help="let the stream grow instead of restarting at L")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a profile setting")
+    parser.add_argument("--out", help="also write the figures as JSON")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's, i.e. the cores)")
+    parser.add_argument("--verbose", action="store_true", help="print each update's latencies")
+    args = parser.parse_args(argv)
+
+    profile = get_profile(args.profile, parse_sets(args.set))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    r = stream_benchmark(profile, prefix=args.prefix, delta=args.delta, updates=args.updates,
+                         weights=args.weights, growing=args.growing, verbose=args.verbose)
+    print(f"profile {r['profile']} ({r['weights']} weights), L = {r['prefix']}, D = {r['delta']}, "
+          f"{r['updates']} updates, {r['threads']} threads")
+    for method, ms in r["latency_ms"].items():
+        print(f"  {method:<18} {ms:10.1f} ms (median)")
+    print(f"speed-up of the KV cache: {r['speedup_vs_teacher']:.1f}x vs teacher B, "
+          f"{r['speedup_vs_echo']:.1f}x vs A+Echo, {r['speedup_vs_recompute']:.1f}x vs its own recompute "
+          f"(token-ratio limit {r['token_ratio_limit']:.1f}x; "
+          f"{100 * r['speedup_vs_teacher'] / r['token_ratio_limit']:.0f} % of it vs B)")
+    print(f"max cosine distance cached vs recomputed: {r['max_cosine_distance']:.2e}; "
+          f"KV cache {r['cache_mb']:.1f} MB")
+    if r["echo_beyond_positions"]:
+        print(f"note: Echo's {r['echo_tokens']} tokens exceed the model's positions (timed, not meaningful as vectors)")
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump(r, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

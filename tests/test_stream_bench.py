@@ -1,0 +1,138 @@
+"""The streaming benchmark: its figures are complete and consistent (no timing assertions).
+
+Speed targets are read from the printed figures of ``streamdistill stream-bench``, not asserted
+here: a shared CI machine makes wall-clock ratios noisy.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+import types
+
+import pytest
+import torch
+
+from streamdistill import streaming
+from streamdistill.profiles import get_profile
+from streamdistill.streaming import random_benchmark_encoders, stream_benchmark, stream_sweep
+
+KEYS = {"prefix", "delta", "updates", "speedup_vs_teacher", "speedup_vs_echo", "speedup_vs_recompute",
+        "token_ratio_limit", "max_cosine_distance", "latency_ms", "cache_mb", "threads"}
+PROFILE = get_profile("tiny")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """Tiny matrices: thread hand-off costs more than the maths."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@functools.cache
+def encoders():
+    return random_benchmark_encoders(PROFILE, max_positions=1024)
+
+
+def check_figures(result: dict, prefix: int, delta: int, updates: int) -> None:
+    assert KEYS <= set(result)
+    assert (result["prefix"], result["delta"], result["updates"]) == (prefix, delta, updates)
+    assert result["token_ratio_limit"] == (prefix + delta) / delta
+    assert set(result["latency_ms"]) == set(streaming.METHODS)
+    assert all(v > 0 for v in result["latency_ms"].values())
+    assert all(len(v) == updates for v in result["latency_ms_all"].values())
+    assert 0 <= result["max_cosine_distance"] <= 1e-6
+    assert len(result["cosine_distances"]) == updates
+    assert result["cache_mb"] > 0 and result["threads"] >= 1
+    kv = result["latency_ms"]["student_kv"]
+    assert result["speedup_vs_teacher"] == pytest.approx(result["latency_ms"]["teacher_recompute"] / kv)
+    assert result["speedup_vs_echo"] == pytest.approx(result["latency_ms"]["echo_recompute"] / kv)
+    assert result["speedup_vs_recompute"] == pytest.approx(result["latency_ms"]["student_recompute"] / kv)
+
+
+def test_benchmark_figures_with_given_encoders():
+    result = stream_benchmark(PROFILE, prefix=96, delta=16, updates=3, **encoders())
+    check_figures(result, 96, 16, 3)
+    assert result["weights"] == "given" and not result["growing"]
+    # the KV cache of L + D tokens: layers x (K + V) x kv_heads x head_dim x float32
+    head_dim = PROFILE.hidden_size // PROFILE.num_heads
+    expected = PROFILE.num_layers * 2 * PROFILE.num_kv_heads * head_dim * (96 + 16) * 4 / 2**20
+    assert result["cache_mb"] == pytest.approx(expected)
+
+
+def test_growing_stream_and_seeded_ids():
+    result = stream_benchmark(PROFILE, prefix=40, delta=8, updates=3, growing=True, **encoders())
+    check_figures(result, 40, 8, 3)
+    head_dim = PROFILE.hidden_size // PROFILE.num_heads
+    assert result["cache_mb"] == pytest.approx(PROFILE.num_layers * 2 * PROFILE.num_kv_heads * head_dim * 64 * 4 / 2**20)
+    assert torch.equal(streaming._token_stream(50, 512, 0), streaming._token_stream(50, 512, 0))
+
+
+def test_sweep_returns_one_result_per_prefix():
+    results = stream_sweep(PROFILE, prefixes=(32, 64), delta=16, updates=2, **encoders())
+    assert [r["prefix"] for r in results] == [32, 64]
+    for r in results:
+        check_figures(r, r["prefix"], 16, 2)
+
+
+def test_echo_beyond_the_positions_is_timed_not_refused():
+    models = random_benchmark_encoders(PROFILE, max_positions=160)
+    result = stream_benchmark(PROFILE, prefix=96, delta=16, updates=1, **models)
+    assert result["echo_beyond_positions"] and result["echo_tokens"] > 160
+
+
+def test_pipeline_stage_encoders_are_used_when_importable(monkeypatch):
+    asked = []
+
+    def load_stage_encoder(name, profile):
+        asked.append(name)
+        key = {v: k for k, v in streaming.STREAM_MODELS.items()}[name]
+        return encoders()[key], "folder"  # the pipeline returns (encoder, folder)
+
+    # a stand-in module: the real pipeline would train the stage models
+    fake = types.ModuleType("streamdistill.pipeline")
+    fake.load_stage_encoder = load_stage_encoder
+    monkeypatch.setitem(sys.modules, "streamdistill.pipeline", fake)
+    monkeypatch.delenv(streaming.WEIGHTS_ENV, raising=False)
+    result = stream_benchmark(PROFILE, prefix=32, delta=8, updates=1)
+    assert sorted(asked) == ["A+Echo", "B", "C"] and result["weights"] == "trained"
+
+
+def test_random_fallback_when_the_pipeline_cannot_be_imported(monkeypatch, capsys):
+    monkeypatch.delenv(streaming.WEIGHTS_ENV, raising=False)
+    monkeypatch.setitem(sys.modules, "streamdistill.pipeline", None)  # import raises ImportError
+    models, weights = streaming.benchmark_encoders(PROFILE)
+    assert weights == "random" and "RANDOMLY" in capsys.readouterr().out
+    assert models["student"].attention == "causal" and models["student"].pooling == "mean"
+    assert models["teacher"].attention == "bidirectional" and models["echo_model"].pooling == "echo"
+    config = models["student"].backbone.config
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.num_key_value_heads,
+            config.intermediate_size) == (PROFILE.hidden_size, PROFILE.num_layers, PROFILE.num_heads,
+                                          PROFILE.num_kv_heads, PROFILE.intermediate_size)
+
+
+def test_bad_arguments_raise():
+    with pytest.raises(ValueError, match="must be >= 1"):
+        stream_benchmark(PROFILE, prefix=0, delta=8, updates=1, **encoders())
+    with pytest.raises(ValueError, match="positions"):
+        stream_benchmark(PROFILE, prefix=2000, delta=8, updates=1, **encoders())
+    with pytest.raises(ValueError, match="weights must be"):
+        streaming.benchmark_encoders(PROFILE, weights="pretty")
+
+
+def test_cli_stream_bench_writes_json(tmp_path):
+    out = tmp_path / "stream.json"
+    env = {**os.environ, streaming.WEIGHTS_ENV: "random", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "streamdistill.cli", "stream-bench", "--profile", "tiny", "--out", str(out)],
+        capture_output=True, text=True, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    check_figures(result, PROFILE.stream_prefix, PROFILE.stream_delta, PROFILE.stream_updates)
+    assert result["weights"] == "random"
