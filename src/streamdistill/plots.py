@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import matplotlib
-
-matplotlib.use("Agg") if not hasattr(matplotlib, "_called_from_notebook") else None
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt  # the backend is the caller's: inline in a kernel, Agg when headless
 
 PALETTE = ["#3b6ea8", "#d1893b", "#5a9e6f", "#b0495a", "#7a62a8", "#8c8c8c"]
 
