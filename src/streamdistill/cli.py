@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -166,6 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:  # bad values from deeper layers (empty text, unknown variant, ...)
         print(f"streamdistill: error: {exc}", file=sys.stderr)
         return 2
+    except subprocess.CalledProcessError as exc:  # jupyter-book build: its own output says why
+        print(f"streamdistill: error: {Path(exc.cmd[0]).name} failed (exit {exc.returncode}); see its output above",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("streamdistill: interrupted; completed artifacts are kept, partial ones discarded", file=sys.stderr)
         return 130

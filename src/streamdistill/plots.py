@@ -23,7 +23,7 @@ def bar_scores(frame, title: str = "", ylabel: str = "main score (×100)", ax=No
     frame.plot.bar(ax=ax, width=0.8, rot=30)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend(fontsize=8, ncol=min(4, len(frame.columns)))
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     for label in ax.get_xticklabels():
         label.set_ha("right")
     ax.figure.tight_layout()
