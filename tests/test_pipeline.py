@@ -187,3 +187,13 @@ def test_cli_train_teacher_prints_json(capsys):
 
     assert main(["train", "teacher", "--profile", "tiny", "--set", "variant=soft"]) == 2
     assert "unknown teacher variant 'soft'" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_ggsm_overhead_benchmark_reports_each_phase():
+    from streamdistill.pipeline import ggsm_overhead
+
+    report = ggsm_overhead("tiny", steps=3, repeats=1)
+    assert set(report["seconds_per_step"]) == {"bidirectional", "ggsm (warm-up)", "ggsm (schedule)"}
+    assert all(v > 0 for v in report["seconds_per_step"].values())
+    assert all(v > 0 for v in report["tokens_per_s"].values())
+    assert set(report["overhead_vs_bidirectional"]) == {"ggsm (warm-up)", "ggsm (schedule)"}

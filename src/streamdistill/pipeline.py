@@ -736,3 +736,37 @@ def history(folder: Path) -> list[dict]:
 
 if resolve_stage not in evaluate.RESOLVERS:
     evaluate.RESOLVERS.append(resolve_stage)
+
+
+def ggsm_overhead(profile: Profile | str | None = None, steps: int = 12, repeats: int = 3) -> dict:
+    """Per-step cost of GG-SM training against plain bidirectional training (no soft mask).
+
+    Same model size (randomly initialised: cost does not depend on weights), same pairs and batch
+    size. GG-SM is measured in both phases: warm-up (gradient hook + importance EMA + soft bias)
+    and the schedule (soft bias only). Runs alternate and each keeps its best median step time, so
+    a busy moment on the machine does not decide the ratio. Also reports training tokens/s.
+    """
+    import statistics
+
+    profile = get_profile(profile)
+    tokenizer = load_tokenizer(tokenizer_stage(profile))
+    data = pair_data(profile)
+    # name -> (attention, kind, GG-SM warm-up fraction); "bidirectional" is plain: no soft mask at all
+    runs = {"bidirectional": ("bidirectional", "causal", 0.1), "ggsm (warm-up)": ("causal", "teacher", 1.0),
+            "ggsm (schedule)": ("causal", "teacher", 0.0)}
+    best = {name: float("inf") for name in runs}
+    tokens_per_s = {name: 0.0 for name in runs}
+    for _ in range(repeats):
+        for name, (attention, kind, warm_frac) in runs.items():
+            p = replace(profile, train_steps=steps, ggsm_warm_frac=warm_frac)
+            encoder = make_encoder(new_qwen2(p, tokenizer), tokenizer, p, attention=attention)
+            result, _ = train_contrastive(encoder, p, data, kind=kind, variant="ggsm", progress=False)
+            rows = result.history[1:]  # the first step pays one-off allocation costs
+            median = statistics.median(r["seconds"] for r in rows)
+            if median < best[name]:
+                best[name] = median
+                tokens_per_s[name] = sum(r.get("tokens", 0) for r in rows) / sum(r["seconds"] for r in rows)
+    return {"profile": profile.name, "steps": steps, "repeats": repeats, "batch_size": profile.batch_size,
+            "max_length": profile.max_length, "seconds_per_step": best, "tokens_per_s": tokens_per_s,
+            "overhead_vs_bidirectional": {name: best[name] / best["bidirectional"] - 1.0
+                                          for name in runs if name != "bidirectional"}}
