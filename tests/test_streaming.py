@@ -162,6 +162,31 @@ def test_bidirectional_and_echo_are_refused():
         StreamingEncoder(Encoder(model(), tokenizer(), pooling="echo"))
 
 
+def test_streamed_text_matches_encode_with_closing_eos():
+    """The project's tokenizer ends every text with <eos>: the stream pools it too, without keeping it."""
+    from streamdistill.pipeline import train_tokenizer
+
+    corpus = ["the cat sat on the mat", "a dog ran in the park", "the river crossed the old bridge"] * 20
+    tok = train_tokenizer(corpus, vocab_size=300)
+    eos = tok.convert_tokens_to_ids("<eos>")
+    lm = tiny_qwen2(len(tok), max_positions=MAX_POSITIONS, seed=3)
+    for pooling in ("mean", "last"):
+        enc = Encoder(lm, tok, attention="causal", pooling=pooling)
+        stream = StreamingEncoder(enc)
+        assert stream.prefix_ids == [] and stream.suffix_ids == [eos]
+        pieces = ["the cat sat", " on the mat", " and a dog ran"]
+        for i in range(1, len(pieces) + 1):
+            text = "".join(pieces[:i])
+            streamed = stream.append(pieces[i - 1])
+            assert stream.token_ids == tok(text, add_special_tokens=False)["input_ids"]  # eos never kept
+            assert cosine_distance(streamed, enc.encode(text)) <= 1e-6
+            assert cosine_distance(streamed, stream.full_embedding()) <= 1e-6
+        # the eos changes the vector: without it the stream would not be what encode scores
+        bare = enc(input_ids=torch.tensor([stream.token_ids]), attention_mask=torch.ones(1, stream.n_tokens,
+                   dtype=torch.long))["embedding"][0].detach().numpy()
+        assert cosine_distance(streamed, bare) > 1e-4
+
+
 def test_overflow_raises_and_leaves_the_stream_intact():
     stream = StreamingEncoder(encoder("mean", True))
     ids = random_ids(MAX_POSITIONS + 8, seed=5)

@@ -23,6 +23,12 @@ A stream can be parked and resumed (``state`` / ``load_state``, ``save_state`` /
 tensors in safetensors, scalars in JSON. A stream never grows past the model's
 ``max_position_embeddings``: positions beyond it were never trained, so ``append`` raises
 ``ValueError`` instead of returning a wrong vector.
+
+Special tokens follow ``Encoder.encode``: a token the tokenizer puts before every text (a BOS)
+opens the stream, and the tokens it puts after every text (the project's tokenizer ends each text
+with ``<eos>``, and the student was trained on such texts) are run through the cache at each
+``embedding()`` and then cropped off, never kept. So the streamed vector of a text is the vector
+``encode`` gives that text (tests: cosine distance <= 1e-6), for one extra token of compute.
 """
 
 from __future__ import annotations
@@ -47,6 +53,17 @@ STATE_JSON = "state.json"
 STATE_FORMAT = 1
 
 
+def special_affixes(tokenizer) -> tuple[list[int], list[int]]:
+    """The ids a tokenizer adds before and after every text (``add_special_tokens=True``)."""
+    probe = "streaming probe"
+    bare = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    full = tokenizer(probe, add_special_tokens=True)["input_ids"]
+    for start in range(len(full) - len(bare) + 1):
+        if full[start:start + len(bare)] == bare:
+            return list(full[:start]), list(full[start + len(bare):])
+    raise ValueError("the tokenizer's special tokens change the text's own tokens; cannot stream it")
+
+
 def _as_ids(ids: Sequence[int] | torch.Tensor | np.ndarray) -> torch.Tensor:
     """Token ids of any common container as a flat CPU ``long`` tensor."""
     if isinstance(ids, torch.Tensor):
@@ -61,8 +78,10 @@ class StreamingEncoder:
     >>> stream.append("first turn")               # doctest: +SKIP  -> embedding of the stream so far
     >>> stream.append(" second turn")             # doctest: +SKIP  -> costs only the new tokens
 
-    ``append(text)`` tokenizes each piece on its own, without special tokens: the stream *is* its
-    token ids (compare with :meth:`full_embedding` of :attr:`token_ids`).
+    ``append(text)`` tokenizes each piece on its own, without special tokens (the tokenizer's
+    leading special tokens, if any, open the stream): the stream *is* its token ids. The
+    tokenizer's trailing special tokens (:attr:`suffix_ids`) are added at pooling time only, as
+    ``encode`` adds them; :meth:`full_embedding` of :attr:`token_ids` is the same vector recomputed.
     The encoder is put in eval mode.
     """
 
@@ -79,6 +98,7 @@ class StreamingEncoder:
             )
         self.encoder = encoder.eval()
         self._checksum: list[float] | None = None
+        self.prefix_ids, self.suffix_ids = special_affixes(encoder.tokenizer)
         self.reset()
 
     # --- the stream ---------------------------------------------------------------------------
@@ -89,6 +109,7 @@ class StreamingEncoder:
         self._sum: torch.Tensor | None = None  # float64 (H,), sum of last-layer states
         self._last: torch.Tensor | None = None  # (H,), the last token's last-layer state
         self._ids: list[int] = []
+        self._pooled: np.ndarray | None = None  # embedding() of the current stream, once computed
 
     @property
     def n_tokens(self) -> int:
@@ -108,6 +129,8 @@ class StreamingEncoder:
         if not isinstance(text, str) or not text.strip():
             raise ValueError("empty text: an empty or whitespace-only piece has nothing to append")
         ids = self.encoder.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if self.n_tokens == 0:
+            ids = self.prefix_ids + list(ids)
         return self.append_ids(ids)
 
     def append_ids(self, ids: Sequence[int] | torch.Tensor | np.ndarray) -> np.ndarray:
@@ -121,10 +144,11 @@ class StreamingEncoder:
             return self.embedding()
         self._check_ids(ids)
         past, new = self.n_tokens, ids.numel()
-        if past + new > self.max_positions:
+        if past + new + len(self.suffix_ids) > self.max_positions:
             raise ValueError(
-                f"the stream would hold {past + new} tokens but the model has {self.max_positions} positions; "
-                "positions past that were never trained, so the vector would be wrong: reset() or start a new stream"
+                f"the stream would hold {past + new} tokens (+{len(self.suffix_ids)} closing special tokens) but the "
+                f"model has {self.max_positions} positions; positions past that were never trained, so the vector "
+                "would be wrong: reset() or start a new stream"
             )
         hidden = self._forward_new(ids)
         # Out-of-place updates: tensors handed out by `state` stay valid after later appends.
@@ -132,6 +156,7 @@ class StreamingEncoder:
         self._sum = step_sum if self._sum is None else self._sum + step_sum
         self._last = hidden[-1]
         self._ids.extend(ids.tolist())
+        self._pooled = None
         return self.embedding()
 
     def _check_ids(self, ids: torch.Tensor) -> None:
@@ -139,10 +164,11 @@ class StreamingEncoder:
         if int(ids.min()) < 0 or int(ids.max()) >= vocab:
             raise ValueError(f"token ids must be in [0, {vocab}), got min {int(ids.min())}, max {int(ids.max())}")
 
-    def _forward_new(self, ids: torch.Tensor) -> torch.Tensor:
+    def _forward_new(self, ids: torch.Tensor, keep: bool = True) -> torch.Tensor:
         """Run only the new tokens through the backbone against the cache; (new, H) states.
 
-        The cache is rolled back if the forward fails, so a failed append leaves the stream as it was.
+        The cache is rolled back if the forward fails, so a failed append leaves the stream as it
+        was; with ``keep=False`` it is rolled back (cropped) afterwards too.
         """
         from transformers import DynamicCache
 
@@ -171,25 +197,31 @@ class StreamingEncoder:
             self._cache = self._make_cache(*snapshot) if snapshot[0] else None
             raise
         self._cache = out.past_key_values
+        if not keep:
+            self._cache.crop(-new)  # drop the tokens just added (negative: how many to remove)
         return out.last_hidden_state[0]
 
     def embedding(self) -> np.ndarray:
         """The embedding of everything appended so far (float32, (D,))."""
         if self.n_tokens == 0:
             raise ValueError("the stream is empty: append text or ids first")
-        if self.encoder.pooling == "mean":
-            pooled = (self._sum / self.n_tokens).float()
-        else:
-            pooled = self._last.float()
-        with torch.no_grad():
-            return self.encoder.project(pooled[None])[0].cpu().numpy()
+        if self._pooled is None:
+            total, last, count = self._sum, self._last, self.n_tokens
+            if self.suffix_ids:  # the closing special tokens, seen against the cache but not kept in it
+                closing = self._forward_new(torch.tensor(self.suffix_ids, dtype=torch.long), keep=False)
+                total, last, count = total + closing.double().sum(0), closing[-1], count + len(self.suffix_ids)
+            pooled = (total / count).float() if self.encoder.pooling == "mean" else last.float()
+            with torch.no_grad():
+                self._pooled = self.encoder.project(pooled[None])[0].cpu().numpy()
+        return self._pooled.copy()
 
     def full_embedding(self, ids: Sequence[int] | torch.Tensor | np.ndarray | None = None) -> np.ndarray:
-        """Recompute the embedding of ``ids`` (default: the stream so far) from scratch, no cache."""
+        """Recompute the embedding of ``ids`` (default: the stream so far) + :attr:`suffix_ids` from scratch."""
         ids = self._ids if ids is None else ids
-        ids = _as_ids(ids)[None]
+        ids = _as_ids(ids)
         if ids.numel() == 0:
             raise ValueError("nothing to embed: ids is empty")
+        ids = torch.cat([ids, torch.tensor(self.suffix_ids, dtype=torch.long)])[None]
         self._check_ids(ids)
         with torch.no_grad():
             out = self.encoder(input_ids=ids, attention_mask=torch.ones_like(ids))
@@ -279,6 +311,7 @@ class StreamingEncoder:
         self._sum = None if state["sum"] is None else state["sum"].to(device, torch.float64)
         self._last = None if state["last"] is None else state["last"].to(device)
         self._ids = ids
+        self._pooled = None
 
     def _check_signature(self, theirs: dict[str, Any]) -> None:
         ours = self._signature()
@@ -506,6 +539,7 @@ def stream_benchmark(profile=None, prefix: int | None = None, delta: int | None 
     deltas = [ids[L + u * D: L + (u + 1) * D] for u in range(U)]
 
     stream = StreamingEncoder(student)
+    closing = torch.tensor(stream.suffix_ids, dtype=torch.long)
     times: dict[str, list[float]] = {m: [] for m in METHODS}
     distances: list[float] = []
     echo_beyond = False
@@ -519,6 +553,7 @@ def stream_benchmark(profile=None, prefix: int | None = None, delta: int | None 
                 stream.load_state(at_prefix)
             current = torch.cat([ids[:stream.n_tokens], new])
             echo_in, echo_pool = _echo_ids(echo_model, current)
+            current = torch.cat([current, closing])  # what encode() sees: the text + its closing special tokens
             echo_beyond |= len(echo_in) > echo_model.max_positions
 
             t0 = clock()
