@@ -43,9 +43,15 @@ def test_training_material_reads_no_test_split(monkeypatch):
     monkeypatch.setattr(data, "read_jsonl", lambda rel, root=None: read.append(rel) or real_jsonl(rel, root))
     monkeypatch.setattr(data, "read_qrels", lambda rel, root=None: read.append(rel) or real_qrels(rel, root))
     texts = data.training_texts()
+    assert read and not [r for r in read if "/test" in r or "validation" in r]
+    read.clear()
     pairs = data.training_pairs()
     assert len(texts) > 50_000 and len(pairs) > 5_000
-    assert read and not [r for r in read if "/test" in r or "validation" in r]
+    # pairs read the SciFact test qrels for one thing only: to leave the test-relevant documents out
+    assert [r for r in read if "/test" in r or "validation" in r] == ["retrieval/SciFact/qrels/test.tsv"]
+    corpus = {d["_id"]: d for d in real_jsonl("retrieval/SciFact/corpus.jsonl")}
+    relevant = {d for docs in real_qrels("retrieval/SciFact/qrels/test.tsv").values() for d in docs}
+    assert relevant and not {(corpus[d]["title"], corpus[d]["text"]) for d in relevant if d in corpus} & set(pairs)
     # the SciFact queries file holds train and test claims: only train-qrels claims are kept
     queries = {q["_id"]: q["text"] for q in real_jsonl("retrieval/SciFact/queries.jsonl")}
     train_qids = set(real_qrels("retrieval/SciFact/qrels/train.tsv"))
@@ -87,6 +93,31 @@ def test_export_writes_a_mirror_that_checks_and_loads(tmp_path, monkeypatch):
     assert task.dataset["test"]["score"] == [2.5] * 4
     with pytest.raises(MirrorError, match="unknown dataset"):
         data.export_mirror(tmp_path / "n", load=stub, datasets=["Nope"])
+
+
+def test_hub_rows_export_scifact_with_train_qrels_for_training(tmp_path):
+    """The Hub export keeps what training reads: all queries and the train qrels, not only test."""
+    calls = []
+    hub = {
+        "corpus": {"corpus": [{"_id": "d1", "title": " Cells ", "text": "Cells divide."},
+                              {"_id": "d2", "title": "Stars", "text": "Stars shine. "}]},
+        "queries": {"queries": [{"_id": "1", "text": "do cells divide?"}, {"_id": "2", "text": "do stars shine?"}]},
+        "default": {"train": [{"query-id": "1", "corpus-id": "d1", "score": 1.0}],
+                    "test": [{"query-id": "2", "corpus-id": "d2", "score": 1.0}]},
+    }
+
+    def load_dataset(path, config, revision=None):
+        calls.append((path, config, revision))
+        return hub[config]
+
+    dest = data.export_mirror(tmp_path / "m", load=lambda name: data.hub_rows(name, load_dataset), datasets=["SciFact"])
+    assert {c[0] for c in calls} == {"mteb/scifact"} and all(c[2] for c in calls)  # mteb's pinned revision
+    assert all(r.ok for r in data.check_mirror(dest))
+    assert data.read_qrels("retrieval/SciFact/qrels/train.tsv", dest) == {"1": {"d1": 1}}
+    assert data.read_qrels("retrieval/SciFact/qrels/test.tsv", dest) == {"2": {"d2": 1}}
+    corpus = data.read_jsonl("retrieval/SciFact/corpus.jsonl", dest)
+    assert corpus[0] == {"_id": "d1", "title": "Cells", "text": "Cells divide."}
+    assert len(data.read_jsonl("retrieval/SciFact/queries.jsonl", dest)) == 2
 
 
 def test_mirror_table_lists_every_dataset():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import hashlib
 import json
 import os
 import random
@@ -155,11 +156,20 @@ def training_texts(root: Path | None = None, *, limit: int | None = None, seed: 
     return texts[:limit] if limit else texts
 
 
+def data_fingerprint() -> str:
+    """Identity of the mirror (the hash of its MANIFEST), or ``synthetic`` without one."""
+    root = data_dir()
+    if root is None:
+        return "synthetic"
+    return hashlib.sha256((root / "MANIFEST.json").read_bytes()).hexdigest()[:16]
+
+
 def training_pairs(root: Path | None = None, *, limit: int | None = None, seed: int = 0) -> list[tuple[str, str]]:
     """Positive (query, document) pairs from training material only, shuffled with ``seed``.
 
     MRPC train paraphrases, STSBenchmark train pairs scored >= 4, SciFact train claims with each
-    cited abstract, and SciFact title -> abstract pairs.
+    cited abstract, and SciFact title -> abstract pairs for every document no *test* claim cites
+    (so no test-relevant document is seen as a positive in training).
     """
     root = root if root is not None else data_dir()
     if root is None:
@@ -171,7 +181,12 @@ def training_pairs(root: Path | None = None, *, limit: int | None = None, seed: 
     queries = {q["_id"]: q["text"] for q in read_jsonl("retrieval/SciFact/queries.jsonl", root)}
     for qid, docs in read_qrels("retrieval/SciFact/qrels/train.tsv", root).items():
         pairs += [(queries[qid], document_text(corpus[d])) for d in docs if d in corpus]
-    pairs += [(d["title"], d["text"]) for d in corpus.values() if d.get("title") and d.get("text")]
+    test_relevant = {d for docs in read_qrels("retrieval/SciFact/qrels/test.tsv", root).values() for d in docs}
+    pairs += [
+        (d["title"], d["text"])
+        for d in corpus.values()
+        if d.get("title") and d.get("text") and d["_id"] not in test_relevant
+    ]
     pairs = list(dict.fromkeys(p for p in pairs if p[0].strip() and p[1].strip()))
     random.Random(seed).shuffle(pairs)
     return pairs[:limit] if limit else pairs
@@ -251,30 +266,46 @@ def export_mirror(dest: str | Path, load: Callable[[str], dict[str, Rows]] | Non
     return dest
 
 
-def hub_rows(name: str) -> dict[str, Rows]:  # pragma: no cover - needs the Hub
-    """Rows of one dataset read from the Hub, in the mirror's layout."""
+def hub_rows(name: str, load_dataset: Callable | None = None) -> dict[str, Rows]:
+    """Rows of one dataset read from the Hub, in the mirror's layout.
+
+    Retrieval sets come from the BEIR layout of mteb's own dataset (path and revision from the
+    official task's metadata) so the *train* qrels and all queries, which training needs, are
+    exported too; ``load_dataset`` (default ``datasets.load_dataset``) is injectable for tests.
+    """
     from .tasks import MIRROR_DATASETS
 
-    spec = MIRROR_DATASETS[name]
-    if name == "MRPC":
+    if load_dataset is None:  # pragma: no cover - needs the Hub
         from datasets import load_dataset
+    spec = MIRROR_DATASETS[name]
+    if spec["type"] == "Retrieval":
+        import mteb
 
+        meta = mteb.get_task(name).metadata.dataset
+        path, revision = meta["path"], meta.get("revision")
+        corpus = load_dataset(path, "corpus", revision=revision)["corpus"]
+        queries = load_dataset(path, "queries", revision=revision)["queries"]
+        qrels = load_dataset(path, "default", revision=revision)
+        out: dict[str, Rows] = {
+            f"{spec['dir']}/corpus.jsonl": [{"_id": str(r["_id"]), "title": (r.get("title") or "").strip(),
+                                             "text": r["text"].strip()} for r in corpus],
+            f"{spec['dir']}/queries.jsonl": [{"_id": str(r["_id"]), "text": r["text"]} for r in queries],
+        }
+        for split in qrels:
+            out[f"{spec['dir']}/qrels/{split}.tsv"] = [
+                {"query-id": str(r["query-id"]), "corpus-id": str(r["corpus-id"]), "score": int(r["score"])}
+                for r in qrels[split]]
+        return out
+    if name == "MRPC":  # pragma: no cover - needs the Hub
         ds = load_dataset("nyu-mll/glue", "mrpc")
         return {f"pairs/MRPC/{split}.jsonl": [
             {"sentence1": r["sentence1"], "sentence2": r["sentence2"], "label": r["label"],
              "id1": str(r["idx"]), "id2": str(r["idx"])} for r in ds[split]] for split in ds}
-    import mteb
+    import mteb  # pragma: no cover - needs the Hub
 
     task = mteb.get_task(name)
     task.load_data()
-    out: dict[str, Rows] = {}
-    if spec["type"] == "Retrieval":
-        split = task.dataset["default"]["test"]
-        out[f"{spec['dir']}/corpus.jsonl"] = [{"_id": r["id"], "title": r.get("title", ""), "text": r["text"]} for r in split["corpus"]]
-        out[f"{spec['dir']}/queries.jsonl"] = [{"_id": r["id"], "text": r["text"]} for r in split["queries"]]
-        out[f"{spec['dir']}/qrels/test.tsv"] = [{"query-id": q, "corpus-id": d, "score": s}
-                                                  for q, docs in split["relevant_docs"].items() for d, s in docs.items()]
-        return out
+    out = {}
     subsets = task.dataset if task.metadata.is_multilingual else {"default": task.dataset}
     for subset, splits in subsets.items():
         if spec.get("subsets") and subset not in spec["subsets"]:
