@@ -107,6 +107,26 @@ def test_ema_matches_hand_computation_and_leaves_past_and_padding_at_zero():
     assert prof.shape == (7,) and prof[0] == 0 and prof[1] > 0 and prof[6] == 0
 
 
+def test_cells_a_batch_does_not_reach_decay_towards_zero():
+    """The EMA runs over every future cell: Delta = 0 where no sample of this batch reached."""
+    d = 0.5
+    soft = SoftMask(max_len=6, t_warm=10, t_total=20, decay=d)
+    for step, lengths in enumerate([(5, 5), (3, 3)]):
+        ids, mask = batch(B=2, L=5, lengths=lengths)
+        torch.manual_seed(0)
+        _, pooled = Tiny()(ids, mask, soft)
+        pooled.pow(2).sum().backward()
+        soft.update(step)
+        if step == 0:
+            after_long = soft.importance.clone()
+    reached = torch.zeros(6, 6, dtype=torch.bool)
+    reached[:3, :3] = True
+    far = torch.ones(6, 6, dtype=torch.bool).triu(1) & ~reached
+    assert torch.all(after_long[far & (torch.arange(6) < 5)] > 0)
+    assert torch.allclose(soft.importance[far], d * after_long[far])  # decayed, nothing added
+    assert torch.all(soft.importance.tril() == 0)  # past cells never touched
+
+
 def test_position_ids_index_cells_for_left_padding():
     # the same sequence, right- and left-padded, must fill the same cells
     ids, mask = batch(B=1, L=5, lengths=(3,))

@@ -218,11 +218,11 @@ class SoftMask:
     def update(self, step: int) -> None:
         """Fold this step's gradient observations into ``I`` (warm-up only; no-op otherwise).
 
-        ``Delta[i, j] = sum_b ||dL/dh_j||`` over samples where positions i < j are both valid;
-        cells no sample covered this step (past, padding, unseen lengths) are left untouched.
-        Under several data-parallel processes (``accelerate launch``) Delta is averaged and its
-        coverage summed across them, so every replica keeps the same mask, independent of the
-        process count.
+        ``Delta[i, j] = sum_b ||dL/dh_j||`` over samples where positions i < j are both valid, and
+        ``I <- d I + (1 - d) Delta`` on every future cell (one no sample reached decays towards 0);
+        past cells (j <= i) are never touched. Under several data-parallel processes
+        (``accelerate launch``) Delta is averaged across them, so every replica keeps the same
+        mask, independent of the process count.
         """
         pending, self._pending = self._pending, []
         if self.variant == "hard":
@@ -234,28 +234,26 @@ class SoftMask:
             return
         n = self.max_len
         delta = torch.zeros(n, n, device=self.device)
-        cover = torch.zeros(n, n, device=self.device)
         for norms, valid, positions in pending:
             B = norms.shape[0]
             pos = positions.to(self.device)
             ok = valid.to(self.device).float()
             # scatter tokens onto position slots: V[b, p] = 1 if p is a valid position of sample b,
-            # G[b, p] = ||dL/dh|| of that token; then Delta = V^T G and coverage = V^T V
+            # G[b, p] = ||dL/dh|| of that token; then Delta = V^T G (future cells kept below)
             V = torch.zeros(B, n, device=self.device).scatter_add_(1, pos, ok)
             G = torch.zeros(B, n, device=self.device).scatter_add_(1, pos, norms.to(self.device) * ok)
             delta += V.T @ G
-            cover += V.T @ V
         world = _data_parallel_world()
         if world > 1:
             # each process saw its shard; its per-token gradients are those of its *local* mean loss,
             # i.e. `world` times those of the global mean, so the mean over processes equals what
             # one process would measure on the whole batch (and every replica gets the same I)
             torch.distributed.all_reduce(delta)
-            torch.distributed.all_reduce(cover)
             delta /= world
-        touched = self._future & (cover > 0)
+        # The EMA runs over every future cell, as the method states it: a cell no sample of this
+        # batch reached has Delta = 0 and decays towards 0 (w towards 0.5); past cells stay 0.
         ema = self.decay * self.importance + (1.0 - self.decay) * delta
-        self.importance = torch.where(touched, ema, self.importance)
+        self.importance = torch.where(self._future, ema, self.importance)
         self.n_updates += 1
 
     # ------------------------------------------------------------------ diagnostics
@@ -321,9 +319,9 @@ class SoftMask:
 
 
 def _data_parallel_world() -> int:
-    """Processes training data-parallel, as accelerate (which `train` uses) counts them."""
+    """Processes training data-parallel (1 unless a process group is up, the cheap common case)."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return 1
-    from accelerate.state import PartialState
+    from .train import data_parallel_world
 
-    return PartialState().num_processes
+    return data_parallel_world()
