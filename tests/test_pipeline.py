@@ -107,6 +107,20 @@ def test_contrastive_stages_read_the_same_pairs_in_the_same_order():
     assert data.indices(0, 0) != other.indices(0, 0)
 
 
+def test_pair_order_splits_one_global_batch_across_processes(monkeypatch):
+    """Under `accelerate launch` the micro-batch is sized before any Accelerator exists: N processes
+    read disjoint slices of the same global batch a single process would read."""
+    profile = get_profile("tiny", {"batch_size": "8", "grad_accum": "2"})
+    single = pipeline.pair_data(profile)
+    monkeypatch.setattr(pipeline, "data_parallel_world", lambda: 2)
+    double = pipeline.pair_data(profile)
+    assert (single.micro, double.micro) == (4, 2)
+    for step in range(3):
+        one = [i for m in range(2) for i in single.indices(step, m)]
+        two = [i for m in range(4) for i in double.indices(step, m)]  # train() hands rank r the micros r, r+N
+        assert one == two
+
+
 @pytest.mark.parametrize("call, message", [
     (lambda: pipeline.run_stage("nope", TINY), "unknown stage 'nope'; choose one of: tokenizer, base-lm"),
     (lambda: pipeline.run_stage("teacher", TINY, variant="soft"), "unknown teacher variant 'soft'; choose one of: ggsm, hard, linear"),

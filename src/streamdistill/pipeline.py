@@ -23,7 +23,6 @@ through a resolver registered in ``evaluate.RESOLVERS`` when this module is impo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import shutil
@@ -46,14 +45,17 @@ from .artifacts import (
     read_done,
     save_tensors,
 )
+from .data import data_fingerprint
 from .encoder import Encoder, _quiet_transformers, position_ids_from_mask
 from .ggsm import VARIANTS, SoftMask
 from .losses import info_nce, student_loss
 from .profiles import Profile, get_profile
-from .train import TrainResult, train
+from .train import TrainResult, data_parallel_world, train
 
-# Bump a stage's version when its code changes what it builds: old artifacts are then not reused.
-VERSIONS = {"tokenizer": 1, "base-lm": 1, "causal": 1, "teacher": 1, "teacher-embeddings": 1, "student": 1}
+# Bump a stage's version when its code changes what it builds: old artifacts are then not reused
+# (v2 of the contrastive stages: SciFact title->abstract pairs leave out test-relevant documents;
+# v2 of the teacher also: the GG-SM EMA decays every future cell, not only those a batch reached).
+VERSIONS = {"tokenizer": 1, "base-lm": 1, "causal": 2, "teacher": 2, "teacher-embeddings": 2, "student": 2}
 STAGES = ("tokenizer", "base-lm", "causal", "teacher", "student", "leaf")
 # Settings that choose *which* artifact a stage builds without being profile fields.
 STAGE_SETTINGS = ("variant",)
@@ -76,16 +78,6 @@ PROBE_TEXTS = (
 # ============================================================================ helpers
 
 
-def data_fingerprint() -> str:
-    """Identity of the training data: the mirror's MANIFEST hash, or ``synthetic``."""
-    from .data import data_dir
-
-    root = data_dir()
-    if root is None:
-        return "synthetic"
-    return hashlib.sha256((root / "MANIFEST.json").read_bytes()).hexdigest()[:16]
-
-
 def _summary(folder: Path) -> dict:
     return read_done(folder).get("summary", {})
 
@@ -93,12 +85,6 @@ def _summary(folder: Path) -> dict:
 def _checkpoint_dir(stage: str, config: dict) -> Path:
     """Resumable checkpoints live beside the artifacts (the build folder is temporary)."""
     return artifacts_root() / ".checkpoints" / stage / config_hash(config)
-
-
-def _world_size() -> int:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_world_size()
-    return 1
 
 
 class _Order:
@@ -118,7 +104,7 @@ class _Order:
 
 
 def _micro_size(batch_size: int, grad_accum: int) -> int:
-    parts = grad_accum * _world_size()
+    parts = grad_accum * data_parallel_world()
     if batch_size % parts:
         raise ValueError(f"batch_size={batch_size} must be divisible by grad_accum × processes = {parts}")
     return batch_size // parts
@@ -248,10 +234,10 @@ def pretrain_lm(lm, windows: torch.Tensor, profile: Profile, *, checkpoint_dir: 
                 progress: bool = True) -> TrainResult:
     """Next-token prediction on packed windows through the one training loop."""
     order = _Order(len(windows), LM_SEED)
-    mb = _micro_size(profile.lm_batch_size, 1)
+    mb, world = _micro_size(profile.lm_batch_size, 1), data_parallel_world()
 
     def batch_fn(step: int, micro: int) -> dict:
-        base = (step * _world_size() + micro) * mb
+        base = (step * world + micro) * mb
         x = windows[[order[base + k] for k in range(mb)]]
         return {"input_ids": x, "n_tokens": x.numel()}
 
@@ -324,11 +310,13 @@ def load_base(profile: Profile):
     with _quiet_transformers():
         if profile.base_model:  # pragma: no cover - needs the Hub (the paper profile on a GPU host)
             dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-            lm = AutoModelForCausalLM.from_pretrained(profile.base_model, dtype=dtype, attn_implementation="sdpa")
-            tokenizer = AutoTokenizer.from_pretrained(profile.base_model)
+            lm = AutoModelForCausalLM.from_pretrained(profile.base_model, dtype=dtype, attn_implementation="sdpa",
+                                                      use_safetensors=True, trust_remote_code=False)
+            tokenizer = AutoTokenizer.from_pretrained(profile.base_model, trust_remote_code=False)
         else:
             folder = base_lm_stage(profile) / "lm"
-            lm = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="sdpa", trust_remote_code=False)
+            lm = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="sdpa", trust_remote_code=False,
+                                                      use_safetensors=True)
             tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     tokenizer.padding_side = "right"
     if tokenizer.pad_token is None:
@@ -374,9 +362,10 @@ class PairData:
     def __post_init__(self):
         self.order = _Order(len(self.pairs), self.seed)
         self.micro = _micro_size(self.batch_size, self.grad_accum)
+        self.world = data_parallel_world()  # under `accelerate launch` too: no Accelerator needed yet
 
     def indices(self, step: int, micro: int) -> list[int]:
-        base = (step * self.grad_accum * _world_size() + micro) * self.micro
+        base = (step * self.grad_accum * self.world + micro) * self.micro
         return [self.order[base + k] for k in range(self.micro)]
 
     def used(self, steps: int) -> list[int]:

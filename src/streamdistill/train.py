@@ -279,6 +279,17 @@ def _n_tokens(batch: Any) -> int | None:
     return None if value is None else int(value)
 
 
+def data_parallel_world() -> int:
+    """Processes training data-parallel, as accelerate counts them.
+
+    Valid before any ``Accelerator`` exists (``PartialState`` reads the launcher's environment),
+    so a stage can size its micro-batches before it calls :func:`train`.
+    """
+    from accelerate.state import PartialState
+
+    return PartialState().num_processes
+
+
 def train(
     model: torch.nn.Module,
     loss_fn: Callable[[torch.nn.Module, Any, int], tuple[torch.Tensor, dict[str, float]]],
