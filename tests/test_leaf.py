@@ -181,13 +181,18 @@ def test_asymmetric_scores_route_queries_to_the_student():
 
     teacher_model = EmbeddingModel("stub-teacher", "t1", lambda t, p=None: teacher_enc.encode(t, p), embed_dim=64)
     student_model = EmbeddingModel("stub-student", "s1", student_encode, embed_dim=64)
-    out = leaf.asymmetric_scores(student_model, teacher_model, ["SciFact"], TINY)
+    out = leaf.asymmetric_scores(student_model, teacher_model, ["SciFact", "STSBenchmark"], TINY)
     teacher, student, asym = (out["scores"][k]["SciFact"] for k in ("teacher", "student", "asymmetric"))
+    # symmetric tasks have no queries: the asymmetric pair is not scored there (it would be the teacher)
+    assert set(out["scores"]["asymmetric"]) == {"SciFact"}
+    assert set(out["scores"]["student"]) == {"SciFact", "STSBenchmark"}
     assert teacher > 5.0
     assert asym == pytest.approx(teacher)  # documents came from the teacher, queries from the student
     assert student < teacher / 2  # the student's own documents were garbage
     assert out["retention"]["asymmetric"]["SciFact"] == pytest.approx(100.0)
-    assert out["retention"]["student"]["mean"] == pytest.approx(100.0 * student / teacher)
+    sts = {k: out["scores"][k]["STSBenchmark"] for k in ("teacher", "student")}
+    assert out["retention"]["student"]["mean"] == pytest.approx(100.0 * (student + sts["student"]) / (teacher + sts["teacher"]))
+    assert out["retention"]["asymmetric"]["mean"] == pytest.approx(100.0)
 
 
 # --------------------------------------------------------------------------- MRL

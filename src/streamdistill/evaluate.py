@@ -86,11 +86,16 @@ def from_sentence_transformer(st_model, name: str, revision: str) -> EmbeddingMo
         max_tokens=st_model.max_seq_length, st_model=st_model)
 
 
+# Weights load from safetensors only (never pickles); Hub downloads skip other formats.
+SAFE_LOADING = {"use_safetensors": True}
+HUB_IGNORE = ["*.bin", "*.pt", "*.pth", "*.h5", "*.msgpack", "*.ot", "*.onnx", "onnx/*", "openvino/*"]
+
+
 def load_sentence_transformer(path: str | Path, name: str | None = None) -> EmbeddingModel:
     from sentence_transformers import SentenceTransformer
 
     path = Path(path)
-    st = SentenceTransformer(str(path), device="cpu", trust_remote_code=False)
+    st = SentenceTransformer(str(path), device="cpu", trust_remote_code=False, model_kwargs=SAFE_LOADING)
     return from_sentence_transformer(st, name or path.name, weights_revision(path))
 
 
@@ -121,10 +126,12 @@ def resolve_model(name_or_path: str, profile: Profile | str | None = None) -> Em
             return from_encoder(Encoder.load(path), name=f"streamdistill/{path.name}", revision=weights_revision(path))
         raise ModelError(f"{path} is neither a SentenceTransformer folder nor a streamdistill encoder")
     if os.environ.get("HF_HUB_OFFLINE", "0") not in {"1", "true"} and "/" in name_or_path:
-        from sentence_transformers import SentenceTransformer  # the real Hub path, for GPU hosts
+        # The real Hub path, for connected hosts: the snapshot folder is named by its commit, which
+        # becomes the revision (so results of two commits of one model never share a cache entry).
+        from huggingface_hub import snapshot_download
 
-        st = SentenceTransformer(name_or_path, trust_remote_code=False)
-        return from_sentence_transformer(st, name_or_path, "hub")
+        folder = Path(snapshot_download(name_or_path, ignore_patterns=HUB_IGNORE))
+        return load_sentence_transformer(folder, name=name_or_path)
     raise ModelError(f"unknown model {name_or_path!r}; available offline: {MINILM}, a model folder, "
                      f"or a stage name ({', '.join(stage_names())})")
 
@@ -221,6 +228,16 @@ def sampling_key(profile: Profile) -> str:
     return f"sampled-{config_hash(key, 8)}"
 
 
+def results_dir(profile: Profile) -> Path:
+    """mteb's result cache for one data source and one sampling: a changed mirror, the Hub or the
+    synthetic suite never reuse each other's scores."""
+    from .data import data_dir, data_fingerprint
+    from .tasks import hub_available
+
+    source = f"mirror-{data_fingerprint()}" if data_dir() is not None else ("hub" if hub_available() else "synthetic")
+    return results_root() / source / sampling_key(profile)
+
+
 def main_score(task_result, name: str) -> float:
     """The task's main score on the 0-100 scale (test split; AmazonCounterfactual: the en subset)."""
     if "test" not in task_result.scores:  # LongEmbed-style test_<length> splits: their mean
@@ -255,7 +272,7 @@ def evaluate_model(model: EmbeddingModel | str, tasks: Sequence[str] | str, prof
     if isinstance(model, str):
         model = resolve_model(model, profile)
     task_objs = get_tasks(list(tasks) if not isinstance(tasks, str) else tasks, profile)
-    cache = ResultCache(cache_path=results_root() / sampling_key(profile))
+    cache = ResultCache(cache_path=results_dir(profile))
     logging.getLogger("mteb").setLevel(logging.WARNING)
     result = mteb.evaluate(mteb_model(model), task_objs, cache=cache, overwrite_strategy="only-missing",
                            show_progress_bar=show_progress, encode_kwargs={"batch_size": profile.eval_batch_size},

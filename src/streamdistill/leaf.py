@@ -47,7 +47,7 @@ from .artifacts import (
     config_hash,
     read_done,
 )
-from .evaluate import EmbeddingModel, asymmetric, evaluate_model, minilm_path, weights_revision
+from .evaluate import SAFE_LOADING, EmbeddingModel, asymmetric, evaluate_model, minilm_path, weights_revision
 from .profiles import Profile, as_dict, get_profile
 
 TEACHER_CACHE = "leaf-teacher-cache"
@@ -176,7 +176,8 @@ def load_teacher(teacher=None):
         teacher = minilm_path()
     if isinstance(teacher, (str, Path)):
         folder = Path(teacher)
-        return SentenceTransformer(str(folder), device="cpu"), weights_revision(folder), folder
+        st = SentenceTransformer(str(folder), device="cpu", trust_remote_code=False, model_kwargs=SAFE_LOADING)
+        return st, weights_revision(folder), folder
     return teacher, model_revision(teacher), None
 
 
@@ -428,22 +429,29 @@ def asymmetric_scores(student_model: EmbeddingModel, teacher_model: EmbeddingMod
                       profile: Profile | str | None = None) -> dict[str, Any]:
     """Scores of the teacher alone, the student alone and student queries + teacher documents.
 
-    ``retention[x] = score(x) / score(teacher) * 100`` per task and for the mean.
+    The asymmetric pair is scored on retrieval tasks only: a symmetric task has no queries, so
+    there "asymmetric" would just be the teacher again. ``retention[x] = score(x) / score(teacher)
+    * 100`` per task, and for the mean over the tasks ``x`` was scored on.
     """
+    from .tasks import task_type
+
     profile = get_profile(profile)
     tasks = [tasks] if isinstance(tasks, str) else list(tasks)
+    retrieval = [t for t in tasks if task_type(t) == "Retrieval"]
     models = {
-        "teacher": teacher_model,
-        "student": student_model,
-        "asymmetric": asymmetric(student_model, teacher_model,
-                                 name=f"{_short(student_model.name)}-q_{_short(teacher_model.name)}-d"),
+        "teacher": (teacher_model, tasks),
+        "student": (student_model, tasks),
+        "asymmetric": (asymmetric(student_model, teacher_model,
+                                  name=f"{_short(student_model.name)}-q_{_short(teacher_model.name)}-d"), retrieval),
     }
-    scores = {key: evaluate_model(model, tasks, profile)["scores"] for key, model in models.items()}
+    scores = {key: evaluate_model(model, names, profile)["scores"] if names else {}
+              for key, (model, names) in models.items()}
     teacher = scores["teacher"]
     retention = {key: {t: 100.0 * s[t] / teacher[t] if teacher[t] else float("nan") for t in s}
                  for key, s in scores.items() if key != "teacher"}
-    for key in retention:
-        retention[key]["mean"] = 100.0 * _mean(scores[key]) / _mean(teacher) if _mean(teacher) else float("nan")
+    for key, own in retention.items():
+        base = _mean({t: teacher[t] for t in scores[key]})
+        own["mean"] = 100.0 * _mean(scores[key]) / base if scores[key] and base else float("nan")
     return {"scores": scores, "mean": {k: _mean(s) for k, s in scores.items()}, "retention": retention}
 
 
