@@ -23,6 +23,22 @@ def test_bad_input_exits_2_with_one_line(args, message):
     assert message in lines[-1] and lines[-1].startswith("streamdistill: error:")
 
 
+def test_evaluate_applies_profile_overrides_to_the_evaluation(monkeypatch, capsys):
+    import streamdistill.evaluate as E
+    import streamdistill.pipeline as P
+
+    seen = {}
+    monkeypatch.setattr(P, "resolve_with_settings", lambda name, profile, sets: seen.update(model=(profile, sets)) or name)
+    monkeypatch.setattr(E, "evaluate_model", lambda model, tasks, profile, **kw: seen.update(eval=profile) or
+                        {"model": model, "scores": {}})
+    assert main(["evaluate", "--model", "C", "--tasks", "STSBenchmark", "--profile", "tiny",
+                 "--set", "seed=2", "--set", "eval_experiments=1", "--set", "pooling=last", "--quiet"]) == 0
+    model_profile, inference = seen["model"]
+    assert inference == {"pooling": "last"}
+    assert model_profile.seed == seen["eval"].seed == 2
+    assert seen["eval"].eval_experiments == 1 and seen["eval"].name == "tiny"
+
+
 def test_evaluate_writes_out_json(tmp_path, capsys):
     out = tmp_path / "r.json"
     assert main(["evaluate", "--model", "sentence-transformers/all-MiniLM-L6-v2", "--tasks", "STSBenchmark",

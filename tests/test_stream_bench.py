@@ -136,3 +136,13 @@ def test_cli_stream_bench_writes_json(tmp_path):
     result = json.loads(out.read_text())
     check_figures(result, PROFILE.stream_prefix, PROFILE.stream_delta, PROFILE.stream_updates)
     assert result["weights"] == "random"
+
+
+def test_cli_stream_bench_refuses_a_zero_prefix_in_one_line():
+    env = {**os.environ, streaming.WEIGHTS_ENV: "random", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "streamdistill.cli", "stream-bench", "--profile", "tiny", "--prefix", "0"],
+        capture_output=True, text=True, env=env,
+    )
+    assert proc.returncode == 2
+    assert "must be >= 1" in proc.stderr.strip().splitlines()[-1]

@@ -32,13 +32,16 @@ def cmd_evaluate(args) -> dict:
     from .evaluate import evaluate_model, resolve_model
     from .tasks import get_tasks
 
-    profile = get_profile(args.profile)
+    from .pipeline import INFERENCE_SETTINGS
+
     sets = parse_sets(args.set)
+    # Profile overrides (e.g. seed=1, eval_experiments=3) apply to the model *and* the evaluation.
+    profile = get_profile(args.profile, {k: v for k, v in sets.items() if k not in INFERENCE_SETTINGS})
     get_tasks(args.tasks, profile)  # validate task names before loading a model
     if sets:
         from .pipeline import resolve_with_settings
 
-        model = resolve_with_settings(args.model, profile, sets)
+        model = resolve_with_settings(args.model, profile, {k: v for k, v in sets.items() if k in INFERENCE_SETTINGS})
     else:
         model = resolve_model(args.model, profile)
     if args.teacher:  # LEAF: the student against its teacher, alone and in asymmetric mode
@@ -96,9 +99,8 @@ def cmd_stream_bench(args) -> dict:
     from .streaming import stream_benchmark
 
     profile = get_profile(args.profile, parse_sets(args.set))
-    return stream_benchmark(profile, prefix=args.prefix or profile.stream_prefix,
-                            delta=args.delta or profile.stream_delta,
-                            updates=args.updates or profile.stream_updates)
+    # None means "the profile's value"; 0 or a negative number reaches stream_benchmark's check
+    return stream_benchmark(profile, prefix=args.prefix, delta=args.delta, updates=args.updates)
 
 
 def cmd_book(args) -> dict:
