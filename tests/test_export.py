@@ -1,10 +1,12 @@
+import json
+
 import numpy as np
 import pytest
 import torch
 from sentence_transformers import SentenceTransformer
 
 from streamdistill.encoder import Encoder, tiny_qwen2, tiny_tokenizer
-from streamdistill.export import to_sentence_transformer
+from streamdistill.export import EncoderModule, to_sentence_transformer
 
 TEXTS = ["a short one", "a somewhat longer sentence about the river and the bridge", "x",
          "the committee repaired the old engine after the storm had passed over the market"]
@@ -23,9 +25,21 @@ def test_causal_encoder_loads_with_sentence_transformer(tmp_path, pooling, proje
     assert theirs.shape == ours.shape and float((1 - cos).max()) <= 1e-5
 
 
-def test_bidirectional_encoder_is_refused(tmp_path):
+@pytest.mark.parametrize("attention, pooling", [("bidirectional", "mean"), ("causal", "echo")])
+def test_bidirectional_and_echo_encoders_load_through_the_encoder_module(tmp_path, attention, pooling):
     tok = tiny_tokenizer()
-    enc = Encoder(tiny_qwen2(tok.vocab_size), tok, attention="bidirectional")
-    with pytest.raises(ValueError, match="only causal encoders export"):
-        to_sentence_transformer(enc, tmp_path / "st")
-    assert not (tmp_path / "st").exists()
+    enc = Encoder(tiny_qwen2(tok.vocab_size), tok, attention=attention, pooling=pooling).eval()
+    folder = to_sentence_transformer(enc, tmp_path / "st")
+    config = json.loads((folder / EncoderModule.SUBFOLDER / "encoder_config.json").read_text())
+    assert config["attention"] == attention and config["pooling"] == pooling
+    assert not list(folder.rglob("*.bin")) and not list(folder.rglob("*.pt"))  # safetensors only
+    with pytest.raises(ValueError, match="trust_remote_code"):  # no custom code runs without the opt-in
+        SentenceTransformer(str(folder), device="cpu")
+    st = SentenceTransformer(str(folder), device="cpu", trust_remote_code=True)
+    ours = enc.encode(TEXTS)
+    theirs = st.encode(TEXTS, batch_size=4)
+    cos = (ours * theirs).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(theirs, axis=1)
+    assert theirs.shape == ours.shape and float((1 - cos).max()) <= 1e-5
+    if attention == "bidirectional":  # the vectors really are bidirectional: a causal run differs
+        causal = Encoder(enc.backbone, tok, attention="causal", pooling=pooling).encode(TEXTS)
+        assert float((1 - (causal * theirs).sum(1)).max()) > 1e-3

@@ -1,10 +1,17 @@
-"""Export a causal streamdistill ``Encoder`` as a SentenceTransformer folder (loads with one call).
+"""Export a streamdistill ``Encoder`` as a SentenceTransformer folder (loads with one call).
 
-``SentenceTransformer(path)`` then gives the library's embeddings: the backbone (AutoModel, causal
-attention, right padding so positions count real tokens from 0), mean or last-token pooling, the
-optional projection as an identity-activation ``Dense``, and ``Normalize``. Bidirectional
-encoders are refused: transformers' Qwen2 has no configuration switch for bidirectional attention,
-so a plain SentenceTransformer would silently run them causally.
+A causal encoder with mean or last pooling (the student C, the baseline A) becomes plain
+sentence-transformers modules: the backbone (AutoModel, causal attention, right padding so
+positions count real tokens from 0), ``Pooling``, the optional projection as an identity
+``Dense``, and ``Normalize``. ``SentenceTransformer(path)`` loads it with nothing else installed.
+
+A bidirectional encoder (the teacher B) or Echo pooling cannot be written that way: transformers'
+Qwen2 has no configuration switch for bidirectional attention, so a plain ``Transformer`` module
+would silently run it causally. Such an encoder is saved as one :class:`EncoderModule` (the
+library's own forward, its ``encoder_config.json`` carrying ``"attention": "bidirectional"``);
+``SentenceTransformer(path, trust_remote_code=True)`` loads it with ``streamdistill`` installed.
+The flag is sentence-transformers' opt-in for any module class outside its own package: the code
+it runs is this installed module, nothing is fetched from the folder or the Hub.
 """
 
 from __future__ import annotations
@@ -13,21 +20,76 @@ from pathlib import Path
 
 import torch
 
+from sentence_transformers.base.modules import InputModule
+
 from .artifacts import atomic_dir
+from .encoder import Encoder
 
 POOLING_MODES = {"mean": "mean", "last": "lasttoken"}
 
 
-def to_sentence_transformer(encoder, path: str | Path) -> Path:
-    """Write ``encoder`` to ``path`` as a SentenceTransformer folder, atomically."""
-    from sentence_transformers import SentenceTransformer, models
+def needs_encoder_module(encoder: Encoder) -> bool:
+    """True when plain sentence-transformers modules cannot express ``encoder`` (bidirectional, Echo)."""
+    return encoder.attention != "causal" or encoder.pooling not in POOLING_MODES
 
-    if encoder.attention != "causal":
-        raise ValueError(f"only causal encoders export to SentenceTransformer (this one is {encoder.attention}: "
-                         "Qwen2 in transformers has no bidirectional switch, it would silently run causally)")
-    if encoder.pooling not in POOLING_MODES:
-        raise ValueError(f"pooling {encoder.pooling!r} does not export; choose one of: {', '.join(POOLING_MODES)}")
+
+class EncoderModule(InputModule):
+    """A whole streamdistill :class:`~streamdistill.encoder.Encoder` as one SentenceTransformer module.
+
+    Tokenization, the attention mask (causal, bidirectional), pooling (Echo included), projection
+    and normalisation are the library's own, so the vectors are the library's.
+    """
+
+    SUBFOLDER = "streamdistill_encoder"
+
+    def __init__(self, encoder: Encoder):
+        super().__init__()
+        self.encoder = encoder
+        self.tokenizer = encoder.tokenizer
+        self.max_seq_length = encoder.max_length
+
+    def preprocess(self, inputs, prompt: str | None = None, **kwargs) -> dict[str, torch.Tensor]:
+        texts = [str(t) for t in inputs]
+        if prompt:
+            texts = self._prepend_prompt(texts, prompt)
+        return self.encoder.tokenize(texts, max_length=self.max_seq_length)
+
+    def forward(self, features: dict, **kwargs) -> dict:
+        out = self.encoder(input_ids=features["input_ids"], attention_mask=features["attention_mask"],
+                           pool_mask=features.get("pool_mask"))
+        features["sentence_embedding"] = out["embedding"]
+        return features
+
+    def get_embedding_dimension(self) -> int:
+        return self.encoder.embed_dim
+
+    get_sentence_embedding_dimension = get_embedding_dimension
+
+    def save(self, output_path: str, *args, **kwargs) -> None:
+        self.encoder.save(Path(output_path) / self.SUBFOLDER)  # safetensors, never pickles
+
+    @classmethod
+    def load(cls, model_name_or_path: str, subfolder: str = "", **kwargs) -> EncoderModule:
+        folder = Path(model_name_or_path) / subfolder / cls.SUBFOLDER
+        if not folder.is_dir():
+            raise ValueError(f"{folder} is missing: EncoderModule loads from a local exported folder")
+        return cls(Encoder.load(folder))
+
+
+def to_sentence_transformer(encoder: Encoder, path: str | Path) -> Path:
+    """Write ``encoder`` to ``path`` as a SentenceTransformer folder, atomically.
+
+    Causal mean/last encoders become plain modules (``SentenceTransformer(path)``); others one
+    :class:`EncoderModule` (``SentenceTransformer(path, trust_remote_code=True)``, see above).
+    """
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer import modules as models
+
     path = Path(path)
+    if needs_encoder_module(encoder):
+        with atomic_dir(path) as tmp:
+            SentenceTransformer(modules=[EncoderModule(encoder)], device="cpu").save(str(tmp))
+        return path
     with atomic_dir(path) as tmp:
         backbone_dir = tmp / "_backbone"
         encoder.backbone.save_pretrained(backbone_dir)
