@@ -97,6 +97,10 @@ def test_student_reads_cached_teacher_embeddings_without_loading_the_teacher(mon
     assert summary["attention"] == "causal"
     rows = pipeline.history(folder)
     assert len(rows) == TINY.train_steps and {"infonce", "mse"} <= set(rows[0])
+    probed = [r for r in rows if "heldout_cos" in r]  # the student's cosine to B on held-out texts
+    assert probed[0]["step"] == 0 and probed[-1]["step"] == TINY.train_steps - 1
+    assert all(-1.0 <= r["heldout_cos"] <= 1.0 for r in probed)
+    assert tensors["heldout"].shape == (pipeline.HELDOUT_PROBES, 32)
 
 
 def test_contrastive_stages_read_the_same_pairs_in_the_same_order():

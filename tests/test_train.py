@@ -182,6 +182,26 @@ def test_after_backward_sees_gradients_before_the_step():
     assert not torch.equal(seen[0][1], seen[1][1])  # the weights moved between hooks: called before step
 
 
+def test_probes_land_in_history_without_changing_the_run():
+    held = full_batch(10_000, size=32)
+    seen_modes = []
+
+    def probe(model, step):
+        seen_modes.append(model.training)
+        pred = model(held["x"])
+        assert not pred.requires_grad  # no graph is built for a probe
+        return {"heldout_mse": (pred - held["y"]).pow(2).mean()}
+
+    plain, probed = make_model(dropout=0.2), make_model(dropout=0.2)
+    train(plain, mse_loss, lambda s, m: full_batch(s), steps=25, **COMMON)
+    res = train(probed, mse_loss, lambda s, m: full_batch(s), steps=25, probe_fn=probe, probe_every=10, **COMMON)
+    assert [r["step"] for r in res.history if "heldout_mse" in r] == [0, 9, 19, 24]
+    assert seen_modes == [False] * 4 and probed.training  # eval mode for the probe, train mode restored
+    assert all(torch.equal(a, b) for a, b in zip(weights(plain).values(), weights(probed).values()))
+    curve = [r["heldout_mse"] for r in res.history if "heldout_mse" in r]
+    assert curve[-1] < curve[0]
+
+
 def test_lr_schedule_values():
     lr, steps, frac = 1.0, 100, 0.1  # 10 warm-up steps
     assert math.isclose(lr_at(0, steps=steps, lr=lr, warmup_frac=frac), 1 / 11)

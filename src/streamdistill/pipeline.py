@@ -55,7 +55,8 @@ from .train import TrainResult, data_parallel_world, train
 # Bump a stage's version when its code changes what it builds: old artifacts are then not reused
 # (v2 of the contrastive stages: SciFact title->abstract pairs leave out test-relevant documents;
 # v2 of the teacher also: the GG-SM EMA decays every future cell, not only those a batch reached).
-VERSIONS = {"tokenizer": 1, "base-lm": 1, "causal": 2, "teacher": 2, "teacher-embeddings": 2, "student": 2}
+# (v3 of teacher-embeddings and student: held-out probe texts, the student's cosine to B over training).
+VERSIONS = {"tokenizer": 1, "base-lm": 1, "causal": 2, "teacher": 2, "teacher-embeddings": 3, "student": 3}
 STAGES = ("tokenizer", "base-lm", "causal", "teacher", "student", "leaf")
 # Settings that choose *which* artifact a stage builds without being profile fields.
 STAGE_SETTINGS = ("variant",)
@@ -379,6 +380,18 @@ def pair_data(profile: Profile) -> PairData:
     return PairData(training_pairs(seed=DATA_SEED), profile.seed, profile.batch_size, profile.grad_accum)
 
 
+HELDOUT_PROBES = 128  # held-out texts the student is compared with its teacher on, during training
+
+
+def heldout_probe_texts(n: int = HELDOUT_PROBES) -> list[str]:
+    """STSBenchmark *validation* sentences: no stage trains on a validation split (or synthetic ones)."""
+    from .data import data_dir, read_jsonl, synthetic_texts
+
+    if data_dir() is None:
+        return synthetic_texts(n, seed=DATA_SEED + 1)
+    return [r["sentence1"] for r in read_jsonl("sts/STSBenchmark/validation.jsonl")][:n]
+
+
 def _tokenize(encoder: Encoder, texts: list[str], max_length: int) -> dict:
     with warnings.catch_warnings():  # long documents are truncated by design; no warning per batch
         warnings.simplefilter("ignore")
@@ -401,8 +414,9 @@ def train_contrastive(
     * ``causal``:  InfoNCE with in-batch negatives, causal attention (A).
     * ``teacher``: InfoNCE under the GG-SM soft mask of ``variant`` (B and its ablations); the
       returned :class:`SoftMask` holds the learnt importance.
-    * ``student``: InfoNCE + λ·MSE to ``teacher`` = ``{"index", "queries", "docs"}``, the cached
-      teacher embeddings of the pairs (C); the teacher model itself is never needed.
+    * ``student``: InfoNCE + λ·MSE to ``teacher`` = ``{"index", "queries", "docs", "heldout"}``, the
+      cached teacher embeddings of the pairs (C); the teacher model itself is never needed. Its
+      history records ``heldout_cos``, the mean cosine to the teacher on :func:`heldout_probe_texts`.
     """
     if kind not in ("causal", "teacher", "student"):
         raise ValueError(f"unknown kind {kind!r}")
@@ -412,6 +426,14 @@ def train_contrastive(
         if teacher is None:
             raise ValueError("the student needs the cached teacher embeddings")
         row_of = {int(i): r for r, i in enumerate(teacher["index"].tolist())}
+        probes = _tokenize(encoder, heldout_probe_texts(), profile.max_length)
+        probe_target = torch.nn.functional.normalize(teacher["heldout"].float(), dim=-1)
+
+    def heldout_cosine(model, step: int) -> dict:
+        device = next(model.parameters()).device
+        out = model(**{k: v.to(device) for k, v in probes.items()})["embedding"].float()
+        cos = (torch.nn.functional.normalize(out, dim=-1) * probe_target.to(device)).sum(-1)
+        return {"heldout_cos": cos.mean()}
 
     def batch_fn(step: int, micro: int) -> dict:
         idx = data.indices(step, micro)
@@ -448,6 +470,8 @@ def train_contrastive(
                    grad_accum=profile.grad_accum, seed=profile.seed, checkpoint_dir=checkpoint_dir,
                    checkpoint_every=CHECKPOINT_EVERY, keep_last=1,
                    after_backward=soft.update if soft is not None else None,
+                   probe_fn=heldout_cosine if kind == "student" else None,
+                   probe_every=max(1, profile.train_steps // 20),
                    extra_state=soft, progress=progress, desc=desc)
     return result, soft
 
@@ -539,7 +563,7 @@ def teacher_embeddings_stage(profile: Profile, variant: str = "ggsm") -> Path:
     used = data.used(profile.train_steps)
     config = {"version": VERSIONS["teacher-embeddings"], "teacher": teacher.name, "teacher_stage": "teacher",
               "n_pairs": len(used), "pairs_hash": config_hash(used), "max_length": profile.max_length,
-              "data": data_fingerprint()}
+              "heldout": HELDOUT_PROBES, "data": data_fingerprint()}
 
     def build(tmp: Path) -> dict:
         started = time.perf_counter()
@@ -550,8 +574,11 @@ def teacher_embeddings_stage(profile: Profile, variant: str = "ggsm") -> Path:
                                      max_length=profile.max_length)
             docs = encoder.encode([data.pairs[i][1] for i in used], batch_size=64, convert_to_numpy=False,
                                   max_length=profile.max_length)
+            heldout = encoder.encode(heldout_probe_texts(), batch_size=64, convert_to_numpy=False,
+                                     max_length=profile.max_length)
         save_tensors(tmp / "embeddings.safetensors",
-                     {"index": torch.tensor(used, dtype=torch.long), "queries": queries, "docs": docs},
+                     {"index": torch.tensor(used, dtype=torch.long), "queries": queries, "docs": docs,
+                      "heldout": heldout},
                      metadata={"teacher": teacher.name})
         return {"pairs": len(used), "dim": int(queries.shape[1]), "seconds": time.perf_counter() - started}
 

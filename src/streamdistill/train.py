@@ -306,6 +306,8 @@ def train(
     checkpoint_every: int | None = None,
     keep_last: int | None = None,
     after_backward: Callable[[int], None] | None = None,
+    probe_fn: Callable[[torch.nn.Module, int], dict[str, float]] | None = None,
+    probe_every: int | None = None,
     extra_state: Any = None,
     log_every: int = 10,
     progress: bool = True,
@@ -327,6 +329,10 @@ def train(
         checkpoint_every: write a checkpoint every this many steps (None: only at the end).
         keep_last: keep only the newest ``keep_last`` checkpoints (None: keep all).
         after_backward: ``f(step)`` after the backward passes, before clipping and the step.
+        probe_fn: ``f(model, step) -> {name: float}``, a held-out measurement taken in eval mode
+            without gradients after the update of the first step, of every ``probe_every``-th
+            step and of the last; it lands in that step's history row. It must not draw random
+            numbers (so a run's weights are the same with or without probes).
         extra_state: object with ``state_dict``/``load_state_dict`` saved with each checkpoint.
         log_every: refresh the progress bar's loss every this many steps.
         progress: show a tqdm bar (main process only).
@@ -453,6 +459,9 @@ def train(
             for key, value in logs_sum.items():
                 row[f"log_{key}" if key in RESERVED else key] = value / grad_accum
             row["seconds"] = time.perf_counter() - t0
+            if probe_fn is not None and probe_every and (step == 0 or (step + 1) % probe_every == 0
+                                                         or step == steps - 1):
+                row.update(_probe(probe_fn, model, step))
             history.append(row)
 
             bar.update(1)
@@ -474,6 +483,17 @@ def train(
         seconds=time.perf_counter() - started,
         last_checkpoint=last_ckpt,
     )
+
+
+def _probe(probe_fn: Callable[[torch.nn.Module, int], dict[str, float]], model: torch.nn.Module,
+           step: int) -> dict[str, float]:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return {key: float(value) for key, value in probe_fn(model, step).items()}
+    finally:
+        model.train(was_training)
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:
