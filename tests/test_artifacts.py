@@ -57,3 +57,26 @@ def test_tensors_roundtrip_and_corruption(tmp_path):
 def test_config_hash_is_order_free():
     assert A.config_hash({"a": 1, "b": 2}) == A.config_hash({"b": 2, "a": 1})
     assert A.config_hash({"a": 1}) != A.config_hash({"a": 2})
+
+
+@pytest.mark.parametrize("main", [True, False])
+def test_only_the_main_process_publishes_and_all_wait(tmp_path, monkeypatch, main):
+    class State:  # what accelerate's PartialState offers under `accelerate launch`
+        is_main_process = main
+        waited = 0
+
+        def wait_for_everyone(self):
+            State.waited += 1
+
+    monkeypatch.setattr(A, "_multi_process_state", lambda: State())
+    built = []
+    folder = A.cached("s", {"a": 1}, lambda tmp: built.append(tmp) or (tmp / "w.txt").write_text("x") and {},
+                      root=tmp_path)
+    assert built and State.waited == 1  # every process builds (training is collective), then waits
+    assert (folder / "w.txt").exists() == main and A.is_complete(folder) == main
+    assert not list((tmp_path / "s").glob(".*.tmp"))  # a non-main process leaves no temporary folder
+
+
+def test_single_process_needs_no_accelerate_state(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert A._multi_process_state() is None

@@ -81,13 +81,16 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_dir(final: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder that becomes ``final`` only if the block finishes without error."""
+def atomic_dir(final: str | Path, publish: bool = True) -> Iterator[Path]:
+    """Yield a temporary folder that becomes ``final`` only if the block finishes without error
+    (and ``publish``: otherwise it is discarded, e.g. on a non-main process)."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
     try:
         yield tmp
+        if not publish:
+            return
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -132,15 +135,30 @@ def cached(
     """Return ``<root>/<stage>/<hash(config)>``, building it with ``build(tmp_dir)`` if needed.
 
     ``build`` writes its files into the folder it is given and may return a dict of summary
-    figures, stored with the config in ``DONE.json``.
+    figures, stored with the config in ``DONE.json``. Under several processes (``accelerate
+    launch``) every process runs ``build`` (training is collective), only the main one publishes
+    the folder, and all wait for it before going on.
     """
     folder = (root or artifacts_root()) / stage / config_hash(config)
     if is_complete(folder) and not rebuild:
         return folder
-    with atomic_dir(folder) as tmp:
+    state = _multi_process_state()
+    with atomic_dir(folder, publish=state is None or state.is_main_process) as tmp:
         summary = build(tmp) or {}
         atomic_write_json(tmp / DONE, {"stage": stage, "config": config, "summary": summary})
+    if state is not None:
+        state.wait_for_everyone()
     return folder
+
+
+def _multi_process_state():
+    """accelerate's process state when several processes run (``accelerate launch``), else None."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:  # what launchers set; no accelerate import otherwise
+        return None
+    from accelerate.state import PartialState
+
+    state = PartialState()
+    return state if state.num_processes > 1 else None
 
 
 def read_done(folder: str | Path) -> dict:
