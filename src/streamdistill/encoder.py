@@ -148,6 +148,36 @@ def attention_bias(
 # ---------------------------------------------------------------------------------------------
 
 
+def random_qwen2(
+    vocab_size: int,
+    *,
+    hidden: int,
+    intermediate: int,
+    layers: int,
+    heads: int,
+    kv_heads: int,
+    max_positions: int,
+    seed: int = 0,
+    attn_implementation: str = "sdpa",
+    **config_kwargs,
+):
+    """A randomly initialised ``Qwen2ForCausalLM`` (tied embeddings): the one builder of the project.
+
+    The global RNG is left untouched (``fork_rng``), so building a model does not change anyone
+    else's randomness. ``config_kwargs`` go to ``Qwen2Config`` (e.g. ``pad_token_id``).
+    """
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(
+        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=max_positions,
+        tie_word_embeddings=True, attn_implementation=attn_implementation, **config_kwargs,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return Qwen2ForCausalLM(config)
+
+
 def tiny_qwen2(
     vocab_size: int,
     hidden: int = 32,
@@ -158,28 +188,10 @@ def tiny_qwen2(
     seed: int = 0,
     attn_implementation: str = "sdpa",
 ):
-    """A randomly initialised ``Qwen2ForCausalLM`` of the paper's architecture class, tiny.
-
-    Used by tests across the project and by the paper-profile code-path test. The global RNG is
-    left untouched (``fork_rng``) so building a model does not change other tests' randomness.
-    """
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    config = Qwen2Config(
-        vocab_size=vocab_size,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        max_position_embeddings=max_positions,
-        tie_word_embeddings=True,
-        attn_implementation=attn_implementation,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = Qwen2ForCausalLM(config)
-    return model.eval()
+    """A tiny randomly initialised Qwen2 (eval mode), used by tests and the paper-profile code-path test."""
+    return random_qwen2(vocab_size, hidden=hidden, intermediate=2 * hidden, layers=layers, heads=heads,
+                        kv_heads=kv_heads, max_positions=max_positions, seed=seed,
+                        attn_implementation=attn_implementation).eval()
 
 
 TINY_CORPUS = (
@@ -192,27 +204,35 @@ TINY_CORPUS = (
 )
 
 
-def tiny_tokenizer(texts: Sequence[str] = TINY_CORPUS, vocab_size: int = 300, padding_side: str = "right"):
-    """A byte-level BPE tokenizer trained on ``texts`` (any text encodes; no unknown tokens).
+def bpe_tokenizer(texts: Sequence[str], vocab_size: int, *, eos_ends_text: bool, padding_side: str = "right"):
+    """A byte-level BPE ``PreTrainedTokenizerFast`` trained on ``texts`` (any text encodes).
 
-    Special tokens: ``<pad>`` (id 0) and ``<eos>`` (id 1). ``len(tokenizer) <= vocab_size``.
+    Special tokens: ``<pad>`` (id 0) and ``<eos>`` (id 1); with ``eos_ends_text`` the tokenizer
+    appends ``<eos>`` to every text (the project's base LM reads texts that way).
+    ``len(tokenizer) <= vocab_size``.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<pad>", "<eos>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<eos>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     backend.train_from_iterator(list(texts), trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", padding_side=padding_side
-    )
+    extra = {}
+    if eos_ends_text:
+        eos = backend.token_to_id("<eos>")
+        backend.post_processor = processors.TemplateProcessing(
+            single="$A <eos>", pair="$A <eos> $B <eos>", special_tokens=[("<eos>", eos)])
+        extra["clean_up_tokenization_spaces"] = False
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>",
+                                   padding_side=padding_side, **extra)
+
+
+def tiny_tokenizer(texts: Sequence[str] = TINY_CORPUS, vocab_size: int = 300, padding_side: str = "right"):
+    """A tiny BPE tokenizer for tests (no special token added to texts)."""
+    return bpe_tokenizer(texts, vocab_size, eos_ends_text=False, padding_side=padding_side)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -125,7 +125,9 @@ def resolve_model(name_or_path: str, profile: Profile | str | None = None) -> Em
 
             return from_encoder(Encoder.load(path), name=f"streamdistill/{path.name}", revision=weights_revision(path))
         raise ModelError(f"{path} is neither a SentenceTransformer folder nor a streamdistill encoder")
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in {"1", "true"} and "/" in name_or_path:
+    from .tasks import hub_available
+
+    if hub_available() and "/" in name_or_path:
         # The real Hub path, for connected hosts: the snapshot folder is named by its commit, which
         # becomes the revision (so results of two commits of one model never share a cache entry).
         from huggingface_hub import snapshot_download

@@ -46,7 +46,7 @@ from .artifacts import (
     save_tensors,
 )
 from .data import data_fingerprint
-from .encoder import Encoder, _quiet_transformers, position_ids_from_mask
+from .encoder import Encoder, _quiet_transformers, bpe_tokenizer, position_ids_from_mask, random_qwen2
 from .ggsm import VARIANTS, SoftMask
 from .losses import info_nce, student_loss
 from .profiles import Profile, get_profile
@@ -130,20 +130,7 @@ def tokenizer_config(profile: Profile) -> dict:
 
 def train_tokenizer(texts: Sequence[str], vocab_size: int):
     """A byte-level BPE ``PreTrainedTokenizerFast`` with ``<pad>`` (0), ``<eos>`` (1); eos ends every text."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<eos>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    backend.train_from_iterator(list(texts), trainer)
-    eos = backend.token_to_id("<eos>")
-    backend.post_processor = processors.TemplateProcessing(
-        single="$A <eos>", pair="$A <eos> $B <eos>", special_tokens=[("<eos>", eos)])
-    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>",
-                                   padding_side="right", clean_up_tokenization_spaces=False)
+    return bpe_tokenizer(texts, vocab_size, eos_ends_text=True)
 
 
 def tokenizer_stage(profile: Profile) -> Path:
@@ -183,17 +170,10 @@ def base_lm_config(profile: Profile) -> dict:
 
 def new_qwen2(profile: Profile, tokenizer, seed: int = LM_SEED):
     """A randomly initialised ``Qwen2ForCausalLM`` of the profile's size (tied embeddings)."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    config = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=profile.hidden_size, intermediate_size=profile.intermediate_size,
-        num_hidden_layers=profile.num_layers, num_attention_heads=profile.num_heads,
-        num_key_value_heads=profile.num_kv_heads, max_position_embeddings=profile.max_positions,
-        tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=None, attn_implementation="sdpa")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return Qwen2ForCausalLM(config)
+    return random_qwen2(len(tokenizer), hidden=profile.hidden_size, intermediate=profile.intermediate_size,
+                        layers=profile.num_layers, heads=profile.num_heads, kv_heads=profile.num_kv_heads,
+                        max_positions=profile.max_positions, seed=seed, pad_token_id=tokenizer.pad_token_id,
+                        eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
 
 
 def pack(tokenizer, texts: Sequence[str], seq_len: int, max_tokens: int | None = None, chunk: int = 1000) -> torch.Tensor:

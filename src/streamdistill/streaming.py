@@ -397,19 +397,11 @@ def random_benchmark_encoders(profile, *, max_positions: int | None = None, seed
     Latency does not depend on the weights, only on the architecture and the token counts.
     ``max_positions`` defaults to the profile's; pass more to let Echo's doubled text fit.
     """
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from .encoder import random_qwen2, tiny_tokenizer
 
-    from .encoder import tiny_tokenizer
-
-    config = Qwen2Config(
-        vocab_size=profile.vocab_size, hidden_size=profile.hidden_size, intermediate_size=profile.intermediate_size,
-        num_hidden_layers=profile.num_layers, num_attention_heads=profile.num_heads,
-        num_key_value_heads=profile.num_kv_heads, max_position_embeddings=int(max_positions or profile.max_positions),
-        tie_word_embeddings=True, attn_implementation="sdpa",
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        lm = Qwen2ForCausalLM(config).eval()
+    lm = random_qwen2(profile.vocab_size, hidden=profile.hidden_size, intermediate=profile.intermediate_size,
+                      layers=profile.num_layers, heads=profile.num_heads, kv_heads=profile.num_kv_heads,
+                      max_positions=int(max_positions or profile.max_positions), seed=seed).eval()
     tokenizer = tiny_tokenizer(vocab_size=min(300, profile.vocab_size))
     return {
         "student": Encoder(lm, tokenizer, attention="causal", pooling="mean").eval(),
