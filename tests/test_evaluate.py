@@ -68,6 +68,22 @@ def test_gap_closure_arithmetic():
     assert report["gap_closure"] == pytest.approx((35 - 30) / (40 - 30))
     assert report["gap_closure_by_type"] == {"Retrieval": pytest.approx(0.2), "STS": pytest.approx(0.8)}
     assert report["student_minus_echo"] == pytest.approx(35 - 31.5)
+    assert E.gap_closure_verdict(report) == ("The student closes only 50 % of the A -> B gap of 10.00 points "
+                                             "(paper: 68.1 %). C beats A+Echo by 3.50 points (paper: +2.0) "
+                                             "with half the tokens.")
+
+
+@pytest.mark.parametrize("a, b, c, echo, expected", [
+    (45.16, 45.76, 44.69, 45.56, ["does not hold at this scale", "-0.47 points against A", "+0.60 points above A",
+                                  "does not beat A+Echo here (-0.87 points"]),
+    (50.0, 49.0, 55.0, 40.0, ["B does not beat the causal baseline A here (B - A = -1.00 points)", "beats A+Echo by 15.00"]),
+    (50.0, 60.0, 59.0, 50.0, ["closes 90 % of the A -> B gap of 10.00 points, as much as the paper's 68.1 % or more"]),
+])
+def test_gap_closure_verdict_says_which_way_the_numbers_went(a, b, c, echo, expected):
+    report = E.gap_closure_report({"A": {"STSBenchmark": a}, "A+Echo": {"STSBenchmark": echo},
+                                   "B": {"STSBenchmark": b}, "C": {"STSBenchmark": c}})
+    verdict = E.gap_closure_verdict(report)
+    assert all(part in verdict for part in expected), verdict
 
 
 def test_empty_text_is_passed_to_sentence_transformers_as_documented(minilm):

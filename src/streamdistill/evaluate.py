@@ -317,6 +317,40 @@ def gap_closure_report(scores: dict[str, dict[str, float]]) -> dict[str, Any]:
     return out
 
 
+PAPER_GAP_CLOSURE, PAPER_STUDENT_MINUS_ECHO = 0.681, 2.0
+
+
+def gap_closure_verdict(report: dict[str, Any]) -> str:
+    """One plain sentence on whether the paper's two headline claims hold in ``report``.
+
+    Claims: the student closes most of the A -> B gap (paper: 68.1 %) and beats A+Echo (paper:
+    +2.0 points). Written from the numbers, whichever way they come out.
+    """
+    s = report["scores"]
+    gap, gained = s["B"] - s["A"], s["C"] - s["A"]
+    if gap <= 0:
+        first = (f"The teacher B does not beat the causal baseline A here (B - A = {gap:+.2f} points), "
+                 "so there is no gap to close and the closure ratio means nothing.")
+    elif report["gap_closure"] >= PAPER_GAP_CLOSURE:
+        first = (f"The student closes {100 * report['gap_closure']:.0f} % of the A -> B gap of {gap:.2f} points, "
+                 f"as much as the paper's {100 * PAPER_GAP_CLOSURE:.1f} % or more.")
+    elif gained > 0:
+        first = (f"The student closes only {100 * report['gap_closure']:.0f} % of the A -> B gap of {gap:.2f} points "
+                 f"(paper: {100 * PAPER_GAP_CLOSURE:.1f} %).")
+    else:
+        first = (f"The paper's gap-closure claim does not hold at this scale: the student C scores {gained:+.2f} "
+                 f"points against A while the teacher B is {gap:+.2f} points above A.")
+    echo = report.get("student_minus_echo")
+    if echo is None:
+        return first
+    if echo > 0:
+        second = f"C beats A+Echo by {echo:.2f} points (paper: +{PAPER_STUDENT_MINUS_ECHO:.1f}) with half the tokens."
+    else:
+        second = (f"C does not beat A+Echo here ({echo:+.2f} points; paper: +{PAPER_STUDENT_MINUS_ECHO:.1f}), "
+                  "though it reads half the tokens.")
+    return f"{first} {second}"
+
+
 def scores_table(results: dict[str, dict[str, float]]):
     """A DataFrame: one row per task (with its type), one column per model, plus the mean."""
     import pandas as pd
