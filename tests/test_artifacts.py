@@ -72,9 +72,13 @@ def test_only_the_main_process_publishes_and_all_wait(tmp_path, monkeypatch, mai
     built = []
     folder = A.cached("s", {"a": 1}, lambda tmp: built.append(tmp) or (tmp / "w.txt").write_text("x") and {},
                       root=tmp_path)
-    assert built and State.waited == 1  # every process builds (training is collective), then waits
+    # every process decides together (barrier), builds (training is collective), then waits for the folder
+    assert built and State.waited == 2
     assert (folder / "w.txt").exists() == main and A.is_complete(folder) == main
     assert not list((tmp_path / "s").glob(".*.tmp"))  # a non-main process leaves no temporary folder
+    if main:  # a cache hit still meets the others at the decision barrier, and builds nothing
+        A.cached("s", {"a": 1}, lambda tmp: built.append(tmp), root=tmp_path)
+        assert len(built) == 1 and State.waited == 3
 
 
 def test_single_process_needs_no_accelerate_state(monkeypatch):

@@ -137,12 +137,17 @@ def cached(
     ``build`` writes its files into the folder it is given and may return a dict of summary
     figures, stored with the config in ``DONE.json``. Under several processes (``accelerate
     launch``) every process runs ``build`` (training is collective), only the main one publishes
-    the folder, and all wait for it before going on.
+    the folder (``artifacts_root`` must be a filesystem every process sees), and all wait for it.
     """
     folder = (root or artifacts_root()) / stage / config_hash(config)
-    if is_complete(folder) and not rebuild:
-        return folder
     state = _multi_process_state()
+    complete = is_complete(folder) and not rebuild
+    if state is not None:
+        # every process decides on the same view: none may skip a build (and its barrier) because
+        # the main process published the folder in between
+        state.wait_for_everyone()
+    if complete:
+        return folder
     with atomic_dir(folder, publish=state is None or state.is_main_process) as tmp:
         summary = build(tmp) or {}
         atomic_write_json(tmp / DONE, {"stage": stage, "config": config, "summary": summary})
