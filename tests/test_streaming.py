@@ -181,10 +181,32 @@ def test_streamed_text_matches_encode_with_closing_eos():
             assert stream.token_ids == tok(text, add_special_tokens=False)["input_ids"]  # eos never kept
             assert cosine_distance(streamed, enc.encode(text)) <= 1e-6
             assert cosine_distance(streamed, stream.full_embedding()) <= 1e-6
+        # a parked stream resumes with the same vector (the eos is re-run against the restored cache)
+        resumed = StreamingEncoder(enc)
+        resumed.load_state(stream.state)
+        assert cosine_distance(resumed.embedding(), streamed) <= 1e-6
         # the eos changes the vector: without it the stream would not be what encode scores
         bare = enc(input_ids=torch.tensor([stream.token_ids]), attention_mask=torch.ones(1, stream.n_tokens,
                    dtype=torch.long))["embedding"][0].detach().numpy()
         assert cosine_distance(streamed, bare) > 1e-4
+        # a failure after the forward commits nothing: the stream is as it was, and goes on
+        real_project = enc.project
+        enc.project = lambda x: (_ for _ in ()).throw(RuntimeError("boom"))
+        with pytest.raises(RuntimeError, match="boom"):
+            stream.append(" more")
+        enc.project = real_project
+        assert stream.n_tokens == len(tok(text, add_special_tokens=False)["input_ids"])
+        assert cosine_distance(stream.append(" more"), enc.encode(text + " more")) <= 1e-6
+    # the closing eos needs a position too: a stream must leave room for it
+    lm8 = tiny_qwen2(len(tok), max_positions=8, seed=3)
+    closing = StreamingEncoder(Encoder(lm8, tok))
+    with pytest.raises(ValueError, match="closing special tokens"):
+        closing.append_ids(list(range(2, 10)))
+    closing.append_ids(list(range(2, 9)))  # 7 tokens + eos = 8 positions: fine
+    bare_stream = StreamingEncoder(Encoder(lm8, tokenizer()))  # no closing token: may fill all 8
+    bare_stream.append_ids(list(range(2, 10)))
+    with pytest.raises(ValueError, match="closing special tokens"):
+        StreamingEncoder(Encoder(lm8, tok)).load_state(bare_stream.state)
 
 
 def test_overflow_raises_and_leaves_the_stream_intact():
