@@ -56,6 +56,15 @@ def test_asymmetric_routes_queries_and_documents():
     assert seen == [("q", "query"), ("d", "document"), ("d", None)] and both.revision == "1-2"
 
 
+def test_sampling_key_separates_subsamples_and_seeds():
+    from streamdistill.profiles import get_profile
+
+    assert E.sampling_key(get_profile("cpu")) == "full"
+    assert E.sampling_key(get_profile("cpu", {"seed": "1"})) == "full-seed1"  # synthetic tasks follow the seed
+    tiny, tiny1 = E.sampling_key(get_profile("tiny")), E.sampling_key(get_profile("tiny", {"seed": "1"}))
+    assert tiny.startswith("sampled-") and tiny != tiny1
+
+
 def test_gap_closure_arithmetic():
     assert E.gap_closure(50.0, 60.0, 56.81) == pytest.approx(0.681)
     assert math.isnan(E.gap_closure(50.0, 50.0, 55.0))

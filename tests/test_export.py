@@ -43,3 +43,15 @@ def test_bidirectional_and_echo_encoders_load_through_the_encoder_module(tmp_pat
     if attention == "bidirectional":  # the vectors really are bidirectional: a causal run differs
         causal = Encoder(enc.backbone, tok, attention="causal", pooling=pooling).encode(TEXTS)
         assert float((1 - (causal * theirs).sum(1)).max()) > 1e-3
+
+
+def test_the_harness_evaluates_an_exported_teacher_folder_without_trusting_remote_code(tmp_path):
+    from streamdistill import evaluate
+
+    tok = tiny_tokenizer()
+    enc = Encoder(tiny_qwen2(tok.vocab_size), tok, attention="bidirectional").eval()
+    folder = to_sentence_transformer(enc, tmp_path / "teacher-st")
+    model = evaluate.resolve_model(str(folder), "tiny")
+    assert model.name == "streamdistill/teacher-st"
+    ours = enc.encode(TEXTS)
+    assert float((1 - (ours * model.encode(TEXTS)).sum(1)).max()) <= 1e-5

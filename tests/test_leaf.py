@@ -181,7 +181,7 @@ def test_asymmetric_scores_route_queries_to_the_student():
 
     teacher_model = EmbeddingModel("stub-teacher", "t1", lambda t, p=None: teacher_enc.encode(t, p), embed_dim=64)
     student_model = EmbeddingModel("stub-student", "s1", student_encode, embed_dim=64)
-    out = leaf.asymmetric_scores(student_model, teacher_model, ["SciFact", "STSBenchmark"], TINY)
+    out = leaf.asymmetric_scores(student_model, teacher_model, "SciFact,STSBenchmark", TINY)  # as the CLI passes it
     teacher, student, asym = (out["scores"][k]["SciFact"] for k in ("teacher", "student", "asymmetric"))
     # symmetric tasks have no queries: the asymmetric pair is not scored there (it would be the teacher)
     assert set(out["scores"]["asymmetric"]) == {"SciFact"}

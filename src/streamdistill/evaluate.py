@@ -118,6 +118,15 @@ def resolve_model(name_or_path: str, profile: Profile | str | None = None) -> Em
             return model
     path = Path(name_or_path).expanduser()
     if path.is_dir():
+        from .export import EncoderModule
+
+        if (path / EncoderModule.SUBFOLDER / "encoder_config.json").exists():
+            # an exported bidirectional/Echo encoder: the library loads its own module directly
+            # (sentence-transformers would ask for trust_remote_code to import it)
+            from .encoder import Encoder
+
+            return from_encoder(Encoder.load(path / EncoderModule.SUBFOLDER), name=f"streamdistill/{path.name}",
+                                revision=weights_revision(path))
         if (path / "modules.json").exists():
             return load_sentence_transformer(path)
         if (path / "encoder_config.json").exists():
@@ -128,8 +137,8 @@ def resolve_model(name_or_path: str, profile: Profile | str | None = None) -> Em
     from .tasks import hub_available
 
     if hub_available() and "/" in name_or_path:
-        # The real Hub path, for connected hosts: the snapshot folder is named by its commit, which
-        # becomes the revision (so results of two commits of one model never share a cache entry).
+        # The real Hub path, for connected hosts: the revision is the hash of the snapshot's weight
+        # files (as for any folder), so two commits with different weights never share a cache entry.
         from huggingface_hub import snapshot_download
 
         folder = Path(snapshot_download(name_or_path, ignore_patterns=HUB_IGNORE))
@@ -223,9 +232,10 @@ def results_root() -> Path:
 
 
 def sampling_key(profile: Profile) -> str:
-    """Results of subsampled tasks live apart from full ones."""
+    """Results of subsampled tasks live apart from full ones, and (the synthetic long-context
+    tasks are generated from it) a non-default seed's apart from seed 0's."""
     if not profile.task_max_samples and not profile.eval_experiments:
-        return "full"
+        return "full" if profile.seed == 0 else f"full-seed{profile.seed}"
     key = [profile.task_max_samples, profile.task_max_corpus, profile.seed, profile.eval_experiments]
     return f"sampled-{config_hash(key, 8)}"
 

@@ -436,7 +436,7 @@ def asymmetric_scores(student_model: EmbeddingModel, teacher_model: EmbeddingMod
     from .tasks import task_type
 
     profile = get_profile(profile)
-    tasks = [tasks] if isinstance(tasks, str) else list(tasks)
+    tasks = [t.strip() for t in tasks.split(",") if t.strip()] if isinstance(tasks, str) else list(tasks)
     retrieval = [t for t in tasks if task_type(t) == "Retrieval"]
     models = {
         "teacher": (teacher_model, tasks),

@@ -53,7 +53,7 @@ from .profiles import Profile, get_profile
 from .train import TrainResult, data_parallel_world, train
 
 # Bump a stage's version when its code changes what it builds: old artifacts are then not reused
-# (v2 of the contrastive stages: SciFact title->abstract pairs leave out test-relevant documents;
+# (v2 of the contrastive stages: SciFact title->abstract pairs leave out documents test claims cite;
 # v2 of the teacher also: the GG-SM EMA decays every future cell, not only those a batch reached).
 # (v3 of teacher-embeddings and student: held-out probe texts, the student's cosine to B over training).
 VERSIONS = {"tokenizer": 1, "base-lm": 1, "causal": 2, "teacher": 2, "teacher-embeddings": 3, "student": 3}
