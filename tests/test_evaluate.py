@@ -79,7 +79,7 @@ def test_gap_closure_arithmetic():
     assert report["student_minus_echo"] == pytest.approx(35 - 31.5)
     assert E.gap_closure_verdict(report) == ("The student closes only 50 % of the A -> B gap of 10.00 points "
                                              "(paper: 68.1 %). C beats A+Echo by 3.50 points (paper: +2.0) "
-                                             "with half the tokens.")
+                                             "while reading each text once (Echo reads it twice).")
 
 
 @pytest.mark.parametrize("a, b, c, echo, expected", [

@@ -354,10 +354,11 @@ def gap_closure_verdict(report: dict[str, Any]) -> str:
     if echo is None:
         return first
     if echo > 0:
-        second = f"C beats A+Echo by {echo:.2f} points (paper: +{PAPER_STUDENT_MINUS_ECHO:.1f}) with half the tokens."
+        second = (f"C beats A+Echo by {echo:.2f} points (paper: +{PAPER_STUDENT_MINUS_ECHO:.1f}) "
+                  "while reading each text once (Echo reads it twice).")
     else:
         second = (f"C does not beat A+Echo here ({echo:+.2f} points; paper: +{PAPER_STUDENT_MINUS_ECHO:.1f}), "
-                  "though it reads half the tokens.")
+                  "though it reads each text once where Echo reads it twice.")
     return f"{first} {second}"
 
 
