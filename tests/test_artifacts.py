@@ -68,7 +68,7 @@ def test_only_the_main_process_publishes_and_all_wait(tmp_path, monkeypatch, mai
         def wait_for_everyone(self):
             State.waited += 1
 
-    monkeypatch.setattr(A, "_multi_process_state", lambda: State())
+    monkeypatch.setattr(A, "multi_process_state", lambda: State())
     built = []
     folder = A.cached("s", {"a": 1}, lambda tmp: built.append(tmp) or (tmp / "w.txt").write_text("x") and {},
                       root=tmp_path)
@@ -83,4 +83,4 @@ def test_only_the_main_process_publishes_and_all_wait(tmp_path, monkeypatch, mai
 
 def test_single_process_needs_no_accelerate_state(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    assert A._multi_process_state() is None
+    assert A.multi_process_state() is None

@@ -140,7 +140,7 @@ def cached(
     the folder (``artifacts_root`` must be a filesystem every process sees), and all wait for it.
     """
     folder = (root or artifacts_root()) / stage / config_hash(config)
-    state = _multi_process_state()
+    state = multi_process_state()
     complete = is_complete(folder) and not rebuild
     if state is not None:
         # every process decides on the same view: none may skip a build (and its barrier) because
@@ -156,7 +156,7 @@ def cached(
     return folder
 
 
-def _multi_process_state():
+def multi_process_state():
     """accelerate's process state when several processes run (``accelerate launch``), else None."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:  # what launchers set; no accelerate import otherwise
         return None

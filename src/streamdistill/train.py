@@ -45,7 +45,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from .artifacts import DONE, ArtifactError, atomic_dir, atomic_write_json, load_tensors, save_tensors
+from .artifacts import (
+    DONE,
+    ArtifactError,
+    atomic_dir,
+    atomic_write_json,
+    load_tensors,
+    multi_process_state,
+    save_tensors,
+)
 
 CKPT_RE = re.compile(r"^step-(\d{6,})$")
 # history keys the loop owns; a loss_fn log with one of these names is stored as "log_<name>"
@@ -285,9 +293,8 @@ def data_parallel_world() -> int:
     Valid before any ``Accelerator`` exists (``PartialState`` reads the launcher's environment),
     so a stage can size its micro-batches before it calls :func:`train`.
     """
-    from accelerate.state import PartialState
-
-    return PartialState().num_processes
+    state = multi_process_state()
+    return 1 if state is None else state.num_processes
 
 
 def train(
