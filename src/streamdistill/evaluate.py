@@ -118,21 +118,17 @@ def resolve_model(name_or_path: str, profile: Profile | str | None = None) -> Em
             return model
     path = Path(name_or_path).expanduser()
     if path.is_dir():
+        from .encoder import Encoder
         from .export import EncoderModule
 
-        if (path / EncoderModule.SUBFOLDER / "encoder_config.json").exists():
-            # an exported bidirectional/Echo encoder: the library loads its own module directly
-            # (sentence-transformers would ask for trust_remote_code to import it)
-            from .encoder import Encoder
-
-            return from_encoder(Encoder.load(path / EncoderModule.SUBFOLDER), name=f"streamdistill/{path.name}",
-                                revision=weights_revision(path))
+        # a streamdistill encoder, or one exported as an EncoderModule (bidirectional/Echo): the
+        # library loads it itself (sentence-transformers would ask for trust_remote_code to import it)
+        for encoder_dir in (path, path / EncoderModule.SUBFOLDER):
+            if (encoder_dir / "encoder_config.json").exists():
+                return from_encoder(Encoder.load(encoder_dir), name=f"streamdistill/{path.name}",
+                                    revision=weights_revision(path))
         if (path / "modules.json").exists():
             return load_sentence_transformer(path)
-        if (path / "encoder_config.json").exists():
-            from .encoder import Encoder
-
-            return from_encoder(Encoder.load(path), name=f"streamdistill/{path.name}", revision=weights_revision(path))
         raise ModelError(f"{path} is neither a SentenceTransformer folder nor a streamdistill encoder")
     from .tasks import hub_available
 

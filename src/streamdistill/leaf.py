@@ -433,10 +433,10 @@ def asymmetric_scores(student_model: EmbeddingModel, teacher_model: EmbeddingMod
     there "asymmetric" would just be the teacher again. ``retention[x] = score(x) / score(teacher)
     * 100`` per task, and for the mean over the tasks ``x`` was scored on.
     """
-    from .tasks import task_type
+    from .tasks import task_list, task_type
 
     profile = get_profile(profile)
-    tasks = [t.strip() for t in tasks.split(",") if t.strip()] if isinstance(tasks, str) else list(tasks)
+    tasks = task_list(tasks)
     retrieval = [t for t in tasks if task_type(t) == "Retrieval"]
     models = {
         "teacher": (teacher_model, tasks),

@@ -535,7 +535,9 @@ def stream_benchmark(profile=None, prefix: int | None = None, delta: int | None 
         warnings.warn(f"the teacher has attention={teacher.attention!r}, not bidirectional", stacklevel=2)
     if echo_model.pooling != "echo":
         warnings.warn(f"the Echo model has pooling={echo_model.pooling!r}, not echo", stacklevel=2)
-    longest += len(special_affixes(student.tokenizer)[1])  # the closing special tokens ride along
+    stream = StreamingEncoder(student)
+    closing = torch.tensor(stream.suffix_ids, dtype=torch.long)
+    longest += len(closing)  # the closing special tokens ride along
     if longest > student.max_positions:
         raise ValueError(f"the stream needs {longest} positions, the student has {student.max_positions}: "
                          "lower prefix/delta/updates (or growing=False)")
@@ -543,8 +545,6 @@ def stream_benchmark(profile=None, prefix: int | None = None, delta: int | None 
     ids = _token_stream(L + U * D, vocab, seed)
     deltas = [ids[L + u * D: L + (u + 1) * D] for u in range(U)]
 
-    stream = StreamingEncoder(student)
-    closing = torch.tensor(stream.suffix_ids, dtype=torch.long)
     times: dict[str, list[float]] = {m: [] for m in METHODS}
     distances: list[float] = []
     echo_beyond = False
@@ -556,8 +556,7 @@ def stream_benchmark(profile=None, prefix: int | None = None, delta: int | None 
             new = deltas[max(u, 0)]
             if not growing or u == 0:
                 stream.load_state(at_prefix)
-            current = torch.cat([ids[:stream.n_tokens], new])
-            current = torch.cat([current, closing])  # what encode() sees: the text + its closing special tokens
+            current = torch.cat([ids[:stream.n_tokens], new, closing])  # what encode() sees: text + closing tokens
             echo_in, echo_pool = _echo_ids(echo_model, current)
             echo_beyond |= len(echo_in) > echo_model.max_positions
 

@@ -238,13 +238,18 @@ def get_task(name: str, profile: Profile | str | None = None):
     return task
 
 
-def get_tasks(names: list[str] | str, profile: Profile | str | None = None) -> list:
+def task_list(names: list[str] | str) -> list[str]:
+    """Task names from a list or a comma-separated string (as the CLI passes them), validated."""
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
     unknown = [n for n in names if n not in task_names()]
     if unknown:
         raise TaskError(f"unknown task(s) {', '.join(unknown)}; available: {', '.join(task_names())}")
-    return [get_task(n, profile) for n in names]
+    return list(names)
+
+
+def get_tasks(names: list[str] | str, profile: Profile | str | None = None) -> list:
+    return [get_task(n, profile) for n in task_list(names)]
 
 
 def default_tasks() -> list[str]:
