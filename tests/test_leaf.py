@@ -296,3 +296,30 @@ def test_memoized_encodes_each_text_once():
     assert np.array_equal(first[0], second[1]) and np.array_equal(first[1], second[0])
     model.encode(["c"], "document")  # another prompt type is another vector
     assert calls[-1] == ["c"]
+
+
+def test_length_grouped_order_is_a_permutation_of_whole_batches_with_less_padding():
+    rng = np.random.default_rng(0)
+    n, batch = 1000, 8  # 1000 = 125 batches: two pools of 64 batches, the last pool short
+    lengths = np.minimum(rng.geometric(1 / 30, size=n), 128)  # skewed, like real texts
+    for epoch in range(2):
+        order = leaf._epoch_order(epoch, n, batch, seed=3, lengths=lengths)
+        assert sorted(order.tolist()) == list(range(n))
+        assert not np.array_equal(order, leaf._epoch_order(epoch + 2, n, batch, seed=3, lengths=lengths))
+    steps = n // batch
+    grouped = [leaf._batch_indices(s, batch, n, seed=3, lengths=lengths) for s in range(steps)]
+    plain = [leaf._batch_indices(s, batch, n, seed=3) for s in range(steps)]
+    assert all(len(b) == batch for b in grouped)
+    assert sorted(np.concatenate(grouped).tolist()) == list(range(n))  # one epoch sees every text once
+    assert np.array_equal(grouped[5], leaf._batch_indices(5, batch, n, seed=3, lengths=lengths))  # pure in step
+    padded = lambda batches: sum(lengths[b].max() * len(b) for b in batches)
+    assert padded(grouped) < 0.5 * padded(plain)
+
+
+def test_length_grouped_order_keeps_a_short_last_batch_last():
+    lengths = np.arange(20)[::-1].copy()  # one pool, sorted by length: batches of 8, 8 and the 4 longest
+    for seed in range(5):
+        order = leaf._epoch_order(0, 20, 8, seed=seed, lengths=lengths)
+        assert set(order[-4:].tolist()) == {0, 1, 2, 3}
+        assert {frozenset(order[:8].tolist()), frozenset(order[8:16].tolist())} == {
+            frozenset(range(4, 12)), frozenset(range(12, 20))}

@@ -57,6 +57,7 @@ STAGE = "leaf"
 KINDS = ("truncated", "causal")
 MRL_DIMS = (32, 64, 128, 256, 384)
 CHECKPOINT_MIN_STEPS = 100  # runs shorter than this train without checkpoints
+GROUP_BATCHES = 64  # batches per length-sorted pool (see _epoch_order)
 
 
 # --------------------------------------------------------------------------- teacher cache
@@ -248,14 +249,38 @@ def _causal_backbone(profile: Profile, texts: Sequence[str], backbone_folder: st
     return backbone, tokenizer
 
 
-def _batch_indices(step: int, batch_size: int, n: int, seed: int) -> np.ndarray:
-    """Indices of optimiser step ``step``: epoch-wise seeded permutations, a pure function of step."""
+def _epoch_order(epoch: int, n: int, batch_size: int, seed: int, lengths: np.ndarray | None) -> np.ndarray:
+    """The order of epoch ``epoch``: a seeded permutation, length-grouped when ``lengths`` is given.
+
+    Grouping: the permutation is cut into pools of ``GROUP_BATCHES`` batches, each pool is sorted by
+    length and cut into batches, and the full batches are shuffled. A batch then pads to the length
+    of similar texts instead of its longest: on the cpu texts (mean 27 tokens, 6 % at the 128 cap)
+    random batches pad to ~4x the tokens that grouped ones do. The L2 loss is per text, so which
+    texts share a batch changes no target, only the padding.
+    """
+    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    if lengths is None:
+        return perm
+    pool = batch_size * GROUP_BATCHES
+    batches = []
+    for start in range(0, n, pool):
+        chunk = perm[start : start + pool]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    # only the very last batch can be short; it stays last so every other batch is whole
+    tail = [batches.pop()] if len(batches[-1]) < batch_size else []
+    shuffled = [batches[i] for i in np.random.default_rng([seed, epoch, 1]).permutation(len(batches))]
+    return np.concatenate(shuffled + tail)
+
+
+def _batch_indices(step: int, batch_size: int, n: int, seed: int, lengths: np.ndarray | None = None) -> np.ndarray:
+    """Indices of optimiser step ``step``: consecutive slices of the epoch orders, a pure function of step."""
     start = step * batch_size
     out = []
     while len(out) < batch_size:
         epoch, offset = divmod(start + len(out), n)
-        perm = np.random.default_rng([seed, epoch]).permutation(n)
-        out.extend(perm[offset : offset + batch_size - len(out)].tolist())
+        order = _epoch_order(epoch, n, batch_size, seed, lengths)
+        out.extend(order[offset : offset + batch_size - len(out)].tolist())
     return np.asarray(out)
 
 
@@ -269,8 +294,10 @@ def _fit(student, kind: str, texts: list[str], targets: np.ndarray, profile: Pro
     from .losses import leaf_l2
     from .train import train
 
+    lengths = np.array([len(text) for text in texts])  # characters: a tokenizer-free proxy for tokens
+
     def batch_fn(step: int, micro: int) -> dict[str, Any]:
-        idx = _batch_indices(step, profile.leaf_batch_size, len(texts), profile.seed)
+        idx = _batch_indices(step, profile.leaf_batch_size, len(texts), profile.seed, lengths)
         chunk = [texts[i] for i in idx]
         target = torch.from_numpy(np.asarray(targets[idx], dtype=np.float32))
         if kind == "truncated":
@@ -356,7 +383,8 @@ def train_leaf_student(
                                                            "num_kv_heads", "max_positions")})
     config = {"kind": kind, "teacher": teacher_rev, "texts": texts_hash(texts), "profile": leaf_keys,
               "rotation": None if rotation is None else hashlib.sha256(rotation.tobytes()).hexdigest()[:12],
-              "backbone": None if backbone_folder is None else weights_revision(_weights_dir(backbone_folder))}
+              "backbone": None if backbone_folder is None else weights_revision(_weights_dir(backbone_folder)),
+              "order": f"length-grouped-{GROUP_BATCHES}"}
     checkpoint_dir = artifacts_root() / f"{STAGE}-checkpoints" / config_hash(config)
 
     def build(tmp: Path) -> dict:
