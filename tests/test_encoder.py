@@ -385,3 +385,15 @@ def test_garbage_weights_and_projection_raise_one_line_error(models, tokenizers,
     assert "\n" not in str(info.value) and "corrupt" in str(info.value)
     with pytest.raises(ArtifactError, match="not a saved Encoder"):
         Encoder.load(tmp_path / "nowhere")
+
+
+def test_inference_device_reads_the_environment_then_the_gpu(monkeypatch):
+    from streamdistill import encoder as enc
+
+    monkeypatch.delenv(enc.DEVICE_ENV, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert enc.inference_device() == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert enc.inference_device() == "cuda"
+    monkeypatch.setenv(enc.DEVICE_ENV, "cpu")
+    assert enc.inference_device() == "cpu"

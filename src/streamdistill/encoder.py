@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -54,6 +55,16 @@ ECHO_MIDDLE = ", rewritten sentence: "
 CONFIG_NAME = "encoder_config.json"
 PROJECTION_NAME = "projection.safetensors"
 FORMAT_VERSION = 1
+DEVICE_ENV = "STREAMDISTILL_DEVICE"
+
+
+def inference_device() -> str:
+    """Where loaded models embed: ``$STREAMDISTILL_DEVICE``, else the GPU if there is one, else the CPU.
+
+    Training picks its device through accelerate; this is for models loaded to embed (evaluation,
+    teacher embeddings, LEAF's teacher and students, the stream benchmark's trained weights).
+    """
+    return os.environ.get(DEVICE_ENV) or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -173,11 +173,14 @@ def load_teacher(teacher=None):
     """(SentenceTransformer, revision, folder or None): default all-MiniLM-L6-v2, offline."""
     from sentence_transformers import SentenceTransformer
 
+    from .encoder import inference_device
+
     if teacher is None:
         teacher = minilm_path()
     if isinstance(teacher, (str, Path)):
         folder = Path(teacher)
-        st = SentenceTransformer(str(folder), device="cpu", trust_remote_code=False, model_kwargs=SAFE_LOADING)
+        st = SentenceTransformer(str(folder), device=inference_device(), trust_remote_code=False,
+                                 model_kwargs=SAFE_LOADING)
         return st, weights_revision(folder), folder
     return teacher, model_revision(teacher), None
 
@@ -432,9 +435,9 @@ def load_leaf_student(folder: str | Path, name: str | None = None) -> EmbeddingM
     name = name or f"streamdistill/leaf-{folder.name}"
     if (folder / "modules.json").exists():
         return load_sentence_transformer(folder, name=name)
-    from .encoder import Encoder
+    from .encoder import Encoder, inference_device
 
-    return from_encoder(Encoder.load(folder), name=name, revision=weights_revision(folder))
+    return from_encoder(Encoder.load(folder, device=inference_device()), name=name, revision=weights_revision(folder))
 
 
 def run_leaf(profile: Profile | str | None = None, *, kind: str = "truncated", progress: bool = True) -> tuple[Path, dict]:

@@ -46,7 +46,14 @@ from .artifacts import (
     save_tensors,
 )
 from .data import data_fingerprint
-from .encoder import Encoder, _quiet_transformers, bpe_tokenizer, position_ids_from_mask, random_qwen2
+from .encoder import (
+    Encoder,
+    _quiet_transformers,
+    bpe_tokenizer,
+    inference_device,
+    position_ids_from_mask,
+    random_qwen2,
+)
 from .ggsm import VARIANTS, SoftMask
 from .losses import info_nce, student_loss
 from .profiles import Profile, get_profile
@@ -547,7 +554,7 @@ def teacher_embeddings_stage(profile: Profile, variant: str = "ggsm") -> Path:
 
     def build(tmp: Path) -> dict:
         started = time.perf_counter()
-        encoder = Encoder.load(teacher / "model", device="cuda" if torch.cuda.is_available() else None)
+        encoder = Encoder.load(teacher / "model", device=inference_device())
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             queries = encoder.encode([data.pairs[i][0] for i in used], batch_size=64, convert_to_numpy=False,
@@ -643,12 +650,13 @@ def load_stage_encoder(name: str, profile: Profile | str | None = None, *, pooli
         settings = {"variant": variant}
     if stage == "base-lm":
         lm, tokenizer = load_base(profile)
-        encoder = Encoder(lm, tokenizer, attention="causal", pooling="mean", max_length=profile.max_length).eval()
+        encoder = Encoder(lm, tokenizer, attention="causal", pooling="mean", max_length=profile.max_length)
+        encoder = encoder.to(inference_device()).eval()
         folder = base_lm_stage(profile) / "lm"
     else:
         folder, _ = run_stage(stage, profile, **settings)
         folder = folder / "model"
-        encoder = Encoder.load(folder)
+        encoder = Encoder.load(folder, device=inference_device())
     encoder.pooling = pooling or default_pooling or encoder.pooling
     encoder.max_length = profile.eval_max_length
     return encoder, folder
@@ -694,7 +702,7 @@ def resolve_with_settings(name: str, profile: Profile | str | None, sets: dict[s
     if path.is_dir() and (path / "encoder_config.json").exists():
         if variant is not None:
             raise ValueError("variant= only applies to stage names (B, B-hard, ...)")
-        encoder = Encoder.load(path)
+        encoder = Encoder.load(path, device=inference_device())
         if pooling:
             encoder.pooling = pooling
         return _embedding_model(encoder, path, f"streamdistill/{path.name}-{encoder.pooling}")
