@@ -146,3 +146,20 @@ def test_cli_stream_bench_refuses_a_zero_prefix_in_one_line():
     )
     assert proc.returncode == 2
     assert "must be >= 1" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_gpu_check_script_runs_its_stream_check_as_a_cpu_dry_run(tmp_path):
+    """benchmarks/gpu_check.py is run on GPU hosts; its --device cpu dry run keeps it from rotting."""
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    out = tmp_path / "gpu.json"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--device", "cpu", "--only", "stream", "--no-large", "--prefix", "32",
+         "--delta", "8", "--updates", "2", "--out", str(out)],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert result["device"] == "cpu" and set(result) == {"device", "torch", "stream"}
+    check_figures(result["stream"]["cpu-profile size"], 32, 8, 2)
