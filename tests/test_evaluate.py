@@ -100,3 +100,17 @@ def test_empty_text_is_passed_to_sentence_transformers_as_documented(minilm):
     # streamdistill's own encoders refuse it (tests/test_encoder.py)
     vectors = minilm.encode(["", "a sentence"])
     assert vectors.shape == (2, 384) and np.isfinite(vectors).all()
+
+
+def test_revision_follows_weights_and_configuration_not_training_records(tmp_path):
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(E.minilm_path(), folder)
+    base = E.weights_revision(folder)
+    (folder / "DONE.json").write_text('{"seconds": 1.0}')
+    (folder / "history.json").write_text("[]")
+    assert E.weights_revision(folder) == base  # how it was trained does not change what it computes
+    pooling = next(folder.rglob("1_Pooling/config.json"))
+    pooling.write_text(pooling.read_text().replace('"pooling_mode_mean_tokens": true', '"pooling_mode_mean_tokens": false'))
+    assert E.weights_revision(folder) != base  # a different pooling is a different model

