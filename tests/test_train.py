@@ -188,9 +188,10 @@ def test_probes_land_in_history_without_changing_the_run():
 
     def probe(model, step):
         seen_modes.append(model.training)
-        pred = model(held["x"])
+        device = next(model.parameters()).device  # a probe brings its own data to the model's device
+        pred = model(held["x"].to(device))
         assert not pred.requires_grad  # no graph is built for a probe
-        return {"heldout_mse": (pred - held["y"]).pow(2).mean()}
+        return {"heldout_mse": (pred - held["y"].to(device)).pow(2).mean()}
 
     plain, probed = make_model(dropout=0.2), make_model(dropout=0.2)
     train(plain, mse_loss, lambda s, m: full_batch(s), steps=25, **COMMON)

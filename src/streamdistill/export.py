@@ -88,7 +88,8 @@ def to_sentence_transformer(encoder: Encoder, path: str | Path) -> Path:
     path = Path(path)
     if needs_encoder_module(encoder):
         with atomic_dir(path) as tmp:
-            SentenceTransformer(modules=[EncoderModule(encoder)], device="cpu").save(str(tmp))
+            # on the encoder's own device: SentenceTransformer moves its modules, and this one is the caller's
+            SentenceTransformer(modules=[EncoderModule(encoder)], device=str(encoder.device)).save(str(tmp))
         return path
     with atomic_dir(path) as tmp:
         backbone_dir = tmp / "_backbone"

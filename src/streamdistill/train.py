@@ -339,7 +339,8 @@ def train(
         probe_fn: ``f(model, step) -> {name: float}``, a held-out measurement taken in eval mode
             without gradients after the update of the first step, of every ``probe_every``-th
             step and of the last; it lands in that step's history row. It must not draw random
-            numbers (so a run's weights are the same with or without probes).
+            numbers (so a run's weights are the same with or without probes), and it brings its
+            own data to the model's device (batches from ``batch_fn`` are moved for it; probes are not).
         extra_state: object with ``state_dict``/``load_state_dict`` saved with each checkpoint.
         log_every: refresh the progress bar's loss every this many steps.
         progress: show a tqdm bar (main process only).
