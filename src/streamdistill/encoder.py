@@ -61,8 +61,9 @@ DEVICE_ENV = "STREAMDISTILL_DEVICE"
 def inference_device() -> str:
     """Where loaded models embed: ``$STREAMDISTILL_DEVICE``, else the GPU if there is one, else the CPU.
 
-    Training picks its device through accelerate; this is for models loaded to embed (evaluation,
-    teacher embeddings, LEAF's teacher and students, the stream benchmark's trained weights).
+    Training picks its device through accelerate; this is for models loaded to embed: the default
+    of ``Encoder.load`` and of ``evaluate.open_sentence_transformer`` (evaluation, teacher
+    embeddings, LEAF's teacher and students, the stream benchmark's trained weights).
     """
     return os.environ.get(DEVICE_ENV) or ("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -585,7 +586,8 @@ class Encoder(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path, *, device: str | torch.device | None = None) -> Encoder:
-        """Rebuild a saved encoder. Never unpickles, never runs remote code.
+        """Rebuild a saved encoder on ``device`` (default :func:`inference_device`). Never unpickles,
+        never runs remote code.
 
         A missing or corrupt file raises :class:`~streamdistill.artifacts.ArtifactError` with a
         one-line message.
@@ -641,7 +643,7 @@ class Encoder(nn.Module):
             normalize=config["normalize"],
             max_length=config["max_length"],
         )
-        return encoder.to(device).eval() if device is not None else encoder.eval()
+        return encoder.to(device if device is not None else inference_device()).eval()
 
 
 @contextlib.contextmanager

@@ -100,15 +100,19 @@ SAFE_LOADING = {"use_safetensors": True}
 HUB_IGNORE = ["*.bin", "*.pt", "*.pth", "*.h5", "*.msgpack", "*.ot", "*.onnx", "onnx/*", "openvino/*"]
 
 
-def load_sentence_transformer(path: str | Path, name: str | None = None) -> EmbeddingModel:
+def open_sentence_transformer(path: str | Path):
+    """A SentenceTransformer folder, safetensors only, no remote code, on :func:`inference_device`."""
     from sentence_transformers import SentenceTransformer
 
     from .encoder import inference_device
 
+    return SentenceTransformer(str(path), device=inference_device(), trust_remote_code=False,
+                               model_kwargs=SAFE_LOADING)
+
+
+def load_sentence_transformer(path: str | Path, name: str | None = None) -> EmbeddingModel:
     path = Path(path)
-    st = SentenceTransformer(str(path), device=inference_device(), trust_remote_code=False,
-                             model_kwargs=SAFE_LOADING)
-    return from_sentence_transformer(st, name or path.name, weights_revision(path))
+    return from_sentence_transformer(open_sentence_transformer(path), name or path.name, weights_revision(path))
 
 
 # Extra resolvers (e.g. pipeline stage names "A", "B", "C") register here.
@@ -130,14 +134,14 @@ def resolve_model(name_or_path: str, profile: Profile | str | None = None) -> Em
             return model
     path = Path(name_or_path).expanduser()
     if path.is_dir():
-        from .encoder import Encoder, inference_device
+        from .encoder import Encoder
         from .export import EncoderModule
 
         # a streamdistill encoder, or one exported as an EncoderModule (bidirectional/Echo): the
         # library loads it itself (sentence-transformers would ask for trust_remote_code to import it)
         for encoder_dir in (path, path / EncoderModule.SUBFOLDER):
             if (encoder_dir / "encoder_config.json").exists():
-                return from_encoder(Encoder.load(encoder_dir, device=inference_device()), name=f"streamdistill/{path.name}",
+                return from_encoder(Encoder.load(encoder_dir), name=f"streamdistill/{path.name}",
                                     revision=weights_revision(path))
         if (path / "modules.json").exists():
             return load_sentence_transformer(path)

@@ -47,7 +47,14 @@ from .artifacts import (
     config_hash,
     read_done,
 )
-from .evaluate import SAFE_LOADING, EmbeddingModel, asymmetric, evaluate_model, minilm_path, weights_revision
+from .evaluate import (
+    EmbeddingModel,
+    asymmetric,
+    evaluate_model,
+    minilm_path,
+    open_sentence_transformer,
+    weights_revision,
+)
 from .profiles import Profile, as_dict, get_profile
 
 TEACHER_CACHE = "leaf-teacher-cache"
@@ -171,17 +178,11 @@ def teacher_embeddings(
 
 def load_teacher(teacher=None):
     """(SentenceTransformer, revision, folder or None): default all-MiniLM-L6-v2, offline."""
-    from sentence_transformers import SentenceTransformer
-
-    from .encoder import inference_device
-
     if teacher is None:
         teacher = minilm_path()
     if isinstance(teacher, (str, Path)):
         folder = Path(teacher)
-        st = SentenceTransformer(str(folder), device=inference_device(), trust_remote_code=False,
-                                 model_kwargs=SAFE_LOADING)
-        return st, weights_revision(folder), folder
+        return open_sentence_transformer(folder), weights_revision(folder), folder
     return teacher, model_revision(teacher), None
 
 
@@ -435,9 +436,9 @@ def load_leaf_student(folder: str | Path, name: str | None = None) -> EmbeddingM
     name = name or f"streamdistill/leaf-{folder.name}"
     if (folder / "modules.json").exists():
         return load_sentence_transformer(folder, name=name)
-    from .encoder import Encoder, inference_device
+    from .encoder import Encoder
 
-    return from_encoder(Encoder.load(folder, device=inference_device()), name=name, revision=weights_revision(folder))
+    return from_encoder(Encoder.load(folder), name=name, revision=weights_revision(folder))
 
 
 def run_leaf(profile: Profile | str | None = None, *, kind: str = "truncated", progress: bool = True) -> tuple[Path, dict]:

@@ -554,7 +554,7 @@ def teacher_embeddings_stage(profile: Profile, variant: str = "ggsm") -> Path:
 
     def build(tmp: Path) -> dict:
         started = time.perf_counter()
-        encoder = Encoder.load(teacher / "model", device=inference_device())
+        encoder = Encoder.load(teacher / "model")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             queries = encoder.encode([data.pairs[i][0] for i in used], batch_size=64, convert_to_numpy=False,
@@ -656,7 +656,7 @@ def load_stage_encoder(name: str, profile: Profile | str | None = None, *, pooli
     else:
         folder, _ = run_stage(stage, profile, **settings)
         folder = folder / "model"
-        encoder = Encoder.load(folder, device=inference_device())
+        encoder = Encoder.load(folder)
     encoder.pooling = pooling or default_pooling or encoder.pooling
     encoder.max_length = profile.eval_max_length
     return encoder, folder
@@ -702,7 +702,7 @@ def resolve_with_settings(name: str, profile: Profile | str | None, sets: dict[s
     if path.is_dir() and (path / "encoder_config.json").exists():
         if variant is not None:
             raise ValueError("variant= only applies to stage names (B, B-hard, ...)")
-        encoder = Encoder.load(path, device=inference_device())
+        encoder = Encoder.load(path)
         if pooling:
             encoder.pooling = pooling
         return _embedding_model(encoder, path, f"streamdistill/{path.name}-{encoder.pooling}")
