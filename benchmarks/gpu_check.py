@@ -17,13 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
 
 DEVICE = "cuda"  # --device cpu runs the same script as a dry run without a GPU
 # Qwen2.5-0.5B-Instruct's shape (config.json on the Hub), for a randomly initialised stand-in
-QWEN_05B = {"vocab": 151936, "hidden": 896, "intermediate": 4864, "layers": 24, "heads": 14, "kv_heads": 2}
+QWEN_05B = {"vocab_size": 151936, "hidden_size": 896, "intermediate_size": 4864, "num_layers": 24, "num_heads": 14,
+            "num_kv_heads": 2}
 
 
 def _cosine_distance(a, b) -> float:
@@ -77,7 +79,6 @@ def ggsm_overhead(profile: str) -> dict:
 
 
 def stream_bench(prefix: int, delta: int, updates: int, big: bool, large_prefixes: tuple[int, ...] = ()) -> dict:
-    from streamdistill.encoder import Encoder, random_qwen2, tiny_tokenizer
     from streamdistill.profiles import get_profile
     from streamdistill.streaming import random_benchmark_encoders, stream_benchmark
 
@@ -87,14 +88,9 @@ def stream_bench(prefix: int, delta: int, updates: int, big: bool, large_prefixe
     positions = 2 * (longest + delta) + 64  # Echo reads the text twice
     encoders = {k: v.to(DEVICE) for k, v in random_benchmark_encoders(cpu, max_positions=positions).items()}
     out["cpu-profile size"] = stream_benchmark(cpu, prefix, delta, updates, **encoders)
-    if big:
-        lm = random_qwen2(QWEN_05B["vocab"], hidden=QWEN_05B["hidden"], intermediate=QWEN_05B["intermediate"],
-                          layers=QWEN_05B["layers"], heads=QWEN_05B["heads"], kv_heads=QWEN_05B["kv_heads"],
-                          max_positions=positions, seed=0).to(DEVICE, torch.bfloat16).eval()
-        tokenizer = tiny_tokenizer()
-        large = {"student": Encoder(lm, tokenizer, attention="causal", pooling="mean").eval(),
-                 "teacher": Encoder(lm, tokenizer, attention="bidirectional", pooling="mean").eval(),
-                 "echo_model": Encoder(lm, tokenizer, attention="causal", pooling="echo").eval()}
+    if big:  # the same three encoders at Qwen2.5-0.5B's shape, in bf16
+        shape = replace(cpu, **QWEN_05B)
+        large = {k: v.to(DEVICE, torch.bfloat16) for k, v in random_benchmark_encoders(shape, max_positions=positions).items()}
         for L in large_prefixes or (prefix,):
             out[f"Qwen2.5-0.5B shape, bf16, L={L}"] = stream_benchmark(cpu, L, delta, updates, **large)
     for name, r in out.items():
