@@ -1,8 +1,10 @@
 import mteb
 import pytest
 
-from streamdistill import tasks
+from streamdistill import data, tasks
 from streamdistill.profiles import get_profile
+
+from .conftest import manifest_rows
 
 
 @pytest.mark.parametrize("name", tasks.OFFICIAL_TASKS)
@@ -34,18 +36,19 @@ def test_tiny_subsampling_is_deterministic_and_keeps_relevant_docs():
 def test_full_profile_loads_whole_splits():
     task = tasks.get_task("STSBenchmark", "cpu")
     task.load_data()
-    assert len(task.dataset["test"]) == 1379
+    assert len(task.dataset["test"]) == manifest_rows("sts/STSBenchmark/test.jsonl")
     sci = tasks.get_task("SciFact", "cpu")
     sci.load_data()
-    assert len(sci.dataset["default"]["test"]["queries"]) == 300
-    assert len(sci.dataset["default"]["test"]["corpus"]) == 5183
+    assert len(sci.dataset["default"]["test"]["queries"]) == len(data.read_qrels("retrieval/SciFact/qrels/test.tsv"))
+    assert len(sci.dataset["default"]["test"]["corpus"]) == manifest_rows("retrieval/SciFact/corpus.jsonl")
 
 
 def test_classification_subset_and_integer_labels():
     task = tasks.get_task("AmazonCounterfactualClassification", "cpu")
     assert task.hf_subsets == ["en"]
     task.load_data()
-    assert set(task.dataset) == {"en"} and len(task.dataset["en"]["test"]) == 670
+    assert set(task.dataset) == {"en"}
+    assert len(task.dataset["en"]["test"]) == manifest_rows("classification/AmazonCounterfactualClassification/en/test.jsonl")
     assert set(task.dataset["en"]["train"]["label"]) == {0, 1}
     bank = tasks.get_task("Banking77Classification", "cpu")
     bank.load_data()
@@ -58,8 +61,9 @@ def test_project_tasks_say_they_are_defined_here():
     assert mrpc.metadata.main_score == "max_ap" and "not an MTEB task" in mrpc.metadata.description
     assert clus.metadata.main_score == "v_measure" and "DERIVED HERE" in clus.metadata.description
     mrpc.load_data(), clus.load_data()
-    assert len(mrpc.dataset["test"]) == 1725 and set(mrpc.dataset["test"]["labels"]) == {0, 1}
-    assert len(clus.dataset["test"]) == 3080
+    assert len(mrpc.dataset["test"]) == manifest_rows("pairs/MRPC/test.jsonl")
+    assert set(mrpc.dataset["test"]["labels"]) == {0, 1}
+    assert len(clus.dataset["test"]) == manifest_rows("classification/Banking77Classification/default/test.jsonl")
 
 
 def test_without_mirror_or_hub_named_tasks_fail_clearly(monkeypatch):
