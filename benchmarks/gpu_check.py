@@ -39,6 +39,7 @@ def _cosine_distance(a, b) -> float:
 def tiny_pipeline() -> dict:
     from streamdistill import evaluate, pipeline
     from streamdistill.data import training_texts
+    from streamdistill.registry import resolve_model
     from streamdistill.streaming import StreamingEncoder
 
     out = {}
@@ -63,7 +64,7 @@ def tiny_pipeline() -> dict:
         streamed = stream.append(piece)
     out["stream_vs_encode_max_cosine_distance"] = _cosine_distance(streamed, encoder.encode("".join(pieces)))
     started = time.perf_counter()
-    out["C_STSBenchmark_tiny"] = evaluate.evaluate_model("C", ["STSBenchmark"], "tiny")["scores"]["STSBenchmark"]
+    out["C_STSBenchmark_tiny"] = evaluate.evaluate_model(resolve_model("C", "tiny"), ["STSBenchmark"], "tiny")["scores"]["STSBenchmark"]
     out["evaluate_seconds"] = round(time.perf_counter() - started, 1)
     print({k: v for k, v in out.items() if k not in ("causal", "teacher", "student")}, flush=True)
     return out

@@ -4,7 +4,7 @@
 
 Prints the median latency per method, the speed-ups next to the token-ratio limit (L + D) / D,
 the largest cosine distance between cached and recomputed embeddings, and the cache size.
-``--weights random`` skips the pipeline (latency does not depend on the weights).
+``--weights random`` skips training (latency does not depend on the weights).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 from streamdistill.profiles import get_profile, parse_sets  # noqa: E402
+from streamdistill.registry import stream_encoders  # noqa: E402
 from streamdistill.streaming import stream_benchmark  # noqa: E402
 
 
@@ -31,8 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prefix", type=int, help="prefix length L in tokens (default: the profile's)")
     parser.add_argument("--delta", type=int, help="tokens appended per update (default: the profile's)")
     parser.add_argument("--updates", type=int, help="timed updates (default: the profile's)")
-    parser.add_argument("--weights", choices=["auto", "trained", "random"], default=None,
-                        help="stage models from the pipeline, or random ones (default: auto)")
+    parser.add_argument("--weights", choices=["trained", "random"], default=None,
+                        help="the trained stage models, or random ones of the profile's shape (default: trained)")
     parser.add_argument("--growing", action="store_true", help="let the stream grow instead of restarting at L")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a profile setting")
     parser.add_argument("--out", help="also write the figures as JSON")
@@ -43,8 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     profile = get_profile(args.profile, parse_sets(args.set))
     if args.threads:
         torch.set_num_threads(args.threads)
-    r = stream_benchmark(profile, prefix=args.prefix, delta=args.delta, updates=args.updates,
-                         weights=args.weights, growing=args.growing, verbose=args.verbose)
+    longest = (args.prefix or profile.stream_prefix) + (args.delta or profile.stream_delta) * (
+        (args.updates or profile.stream_updates) if args.growing else 1)
+    encoders, weights = stream_encoders(profile, weights=args.weights,
+                                        max_positions=max(profile.max_positions, 2 * longest + 64))
+    r = stream_benchmark(profile, prefix=args.prefix, delta=args.delta, updates=args.updates, weights=weights,
+                         growing=args.growing, verbose=args.verbose, **encoders)
     print(f"profile {r['profile']} ({r['weights']} weights), L = {r['prefix']}, D = {r['delta']}, "
           f"{r['updates']} updates, {r['threads']} threads")
     for method, ms in r["latency_ms"].items():

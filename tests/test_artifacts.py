@@ -84,3 +84,68 @@ def test_only_the_main_process_publishes_and_all_wait(tmp_path, monkeypatch, mai
 def test_single_process_needs_no_accelerate_state(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert A.multi_process_state() is None
+
+
+def _zero_64_bytes(path):
+    """What a bad copy does: 64 zeroed bytes inside the data, the size unchanged (a truncation check passes)."""
+    raw = bytearray(path.read_bytes())
+    middle = len(raw) // 2
+    raw[middle : middle + 64] = bytes(64)
+    path.write_bytes(bytes(raw))
+
+
+def test_done_records_weight_hashes_and_a_cache_hit_checks_them(tmp_path):
+    def build(folder):
+        A.save_tensors(folder / "w.safetensors", {"w": torch.arange(4096.0)})
+        return {}
+
+    folder = A.cached("stage", {"a": 1}, build, root=tmp_path)
+    recorded = A.read_done(folder)["files"]
+    assert recorded == {"w.safetensors": A.sha256_file(folder / "w.safetensors")}
+    _zero_64_bytes(folder / "w.safetensors")
+    with pytest.raises(A.ArtifactError) as info:
+        A.cached("stage", {"a": 1}, lambda f: pytest.fail("a corrupt artifact is reported, not rebuilt"), root=tmp_path)
+    message = str(info.value)
+    assert "\n" not in message and "corrupt artifact file" in message and "w.safetensors" in message
+    assert f"delete {folder} to rebuild it" in message
+
+
+def test_an_artifact_without_recorded_hashes_is_rebuilt(tmp_path):
+    calls = []
+
+    def build(folder):
+        calls.append(1)
+        (folder / "w.npy").write_bytes(b"x")
+        return {}
+
+    folder = A.cached("stage", {"a": 1}, build, root=tmp_path)
+    done = A.read_done(folder)
+    del done["files"]  # what an older version of the cache wrote
+    (folder / A.DONE).write_text(json.dumps(done))
+    assert A.cached("stage", {"a": 1}, build, root=tmp_path) == folder and len(calls) == 2
+    assert "files" in A.read_done(folder)
+
+
+def test_loading_an_encoder_inside_an_artifact_checks_its_weights(tmp_path):
+    from streamdistill.encoder import Encoder
+    from streamdistill.testing import tiny_qwen2, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    folder = A.cached("s", {"a": 1}, lambda tmp: Encoder(tiny_qwen2(len(tok)), tok).save(tmp / "model") and {},
+                      root=tmp_path)
+    Encoder.load(folder / "model", device="cpu")
+    weights = folder / "model" / "backbone" / "model.safetensors"
+    _zero_64_bytes(weights)
+    with pytest.raises(A.ArtifactError, match=r"corrupt artifact file .*backbone/model.safetensors .*delete .* to rebuild it"):
+        Encoder.load(folder / "model", device="cpu")
+
+
+def test_checkpoints_of_a_build_are_removed_once_it_is_published(tmp_path):
+    def build(folder):
+        ckpt = A.checkpoint_dir("stage", {"a": 1}, tmp_path)
+        ckpt.mkdir(parents=True)
+        (ckpt / "step-000001").mkdir()
+        return {}
+
+    A.cached("stage", {"a": 1}, build, root=tmp_path)
+    assert not A.checkpoint_dir("stage", {"a": 1}, tmp_path).exists()

@@ -25,18 +25,18 @@ def test_bad_input_exits_2_with_one_line(args, message):
 
 def test_evaluate_applies_profile_overrides_to_the_evaluation(monkeypatch, capsys):
     import streamdistill.evaluate as E
-    import streamdistill.pipeline as P
+    import streamdistill.registry as R
 
     seen = {}
-    monkeypatch.setattr(P, "resolve_with_settings", lambda name, profile, sets: seen.update(model=(profile, sets)) or name)
+    monkeypatch.setattr(R, "resolve_model", lambda name, profile, sets: seen.update(model=(profile, sets)) or name)
     monkeypatch.setattr(E, "evaluate_model", lambda model, tasks, profile, **kw: seen.update(eval=profile) or
                         {"model": model, "scores": {}})
     assert main(["evaluate", "--model", "C", "--tasks", "STSBenchmark", "--profile", "tiny",
                  "--set", "seed=2", "--set", "eval_experiments=1", "--set", "pooling=last", "--quiet"]) == 0
-    model_profile, inference = seen["model"]
-    assert inference == {"pooling": "last"}
-    assert model_profile.seed == seen["eval"].seed == 2
-    assert seen["eval"].eval_experiments == 1 and seen["eval"].name == "tiny"
+    model_profile, sets = seen["model"]
+    # the model gets the inference setting and the profile overrides; the evaluation the overrides
+    assert model_profile == "tiny" and sets == {"seed": "2", "eval_experiments": "1", "pooling": "last"}
+    assert seen["eval"].seed == 2 and seen["eval"].eval_experiments == 1 and seen["eval"].name == "tiny"
 
 
 def test_evaluate_writes_out_json(tmp_path, capsys):

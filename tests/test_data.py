@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from streamdistill import data
+from streamdistill import data, mirror_export
 from streamdistill.data import MirrorError
 
 from .conftest import MIRROR, manifest, replace_file
@@ -84,7 +84,7 @@ def test_export_writes_a_mirror_that_checks_and_loads(tmp_path, monkeypatch):
                     for s in ("train", "test")}
         return {f"sts/STSBenchmark/{s}.jsonl": [{"sentence1": "x", "sentence2": "y", "score": 2.5}] * 4 for s in ("train", "test")}
 
-    dest = data.export_mirror(tmp_path / "m", load=stub, datasets=["STSBenchmark", "MRPC"])
+    dest = mirror_export.export_mirror(tmp_path / "m", load=stub, datasets=["STSBenchmark", "MRPC"])
     listing = json.loads((dest / "MANIFEST.json").read_text())
     assert set(listing) == {"STSBenchmark", "MRPC"}
     assert all(r.ok for r in data.check_mirror(dest))
@@ -95,7 +95,7 @@ def test_export_writes_a_mirror_that_checks_and_loads(tmp_path, monkeypatch):
     task.load_data()
     assert task.dataset["test"]["score"] == [2.5] * 4
     with pytest.raises(MirrorError, match="unknown dataset"):
-        data.export_mirror(tmp_path / "n", load=stub, datasets=["Nope"])
+        mirror_export.export_mirror(tmp_path / "n", load=stub, datasets=["Nope"])
 
 
 def test_hub_rows_export_scifact_with_train_qrels_for_training(tmp_path):
@@ -113,7 +113,7 @@ def test_hub_rows_export_scifact_with_train_qrels_for_training(tmp_path):
         calls.append((path, config, revision))
         return hub[config]
 
-    dest = data.export_mirror(tmp_path / "m", load=lambda name: data.hub_rows(name, load_dataset), datasets=["SciFact"])
+    dest = mirror_export.export_mirror(tmp_path / "m", load=lambda name: mirror_export.hub_rows(name, load_dataset), datasets=["SciFact"])
     assert {c[0] for c in calls} == {"mteb/scifact"} and all(c[2] for c in calls)  # mteb's pinned revision
     assert all(r.ok for r in data.check_mirror(dest))
     assert data.read_qrels("retrieval/SciFact/qrels/train.tsv", dest) == {"1": {"d1": 1}}

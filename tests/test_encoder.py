@@ -21,9 +21,8 @@ from streamdistill.encoder import (
     attention_bias,
     check_attention_implementation,
     position_ids_from_mask,
-    tiny_qwen2,
-    tiny_tokenizer,
 )
+from streamdistill.testing import tiny_qwen2, tiny_tokenizer
 
 NEG = torch.finfo(torch.float32).min
 TEXTS = [

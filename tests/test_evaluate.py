@@ -1,25 +1,31 @@
-import math
 import zlib
 
 import numpy as np
 import pytest
 
 from streamdistill import evaluate as E
+from streamdistill import models as M
+from streamdistill.registry import resolve_model
 
 
 @pytest.fixture(scope="module")
 def minilm():
-    return E.resolve_model(E.MINILM, "tiny")
+    return resolve_model(M.MINILM, "tiny")
 
 
 def test_minilm_resolves_offline_to_the_packaged_copy(minilm):
-    assert minilm.name == E.MINILM and minilm.embed_dim == 384 and minilm.max_tokens == 256
-    assert len(minilm.revision) == 12 and minilm.revision == E.weights_revision(E.minilm_path())
+    assert minilm.name == M.MINILM and minilm.embed_dim == 384 and minilm.max_tokens == 256
+    assert len(minilm.revision) == 12 and minilm.revision == M.weights_revision(M.minilm_path())
 
 
 def test_unknown_model_is_one_line_with_options():
-    with pytest.raises(E.ModelError, match="unknown model 'nope'; available offline: sentence-transformers/all-MiniLM-L6-v2"):
-        E.resolve_model("nope", "tiny")
+    with pytest.raises(M.ModelError, match="unknown model 'nope'; available offline: sentence-transformers/all-MiniLM-L6-v2"):
+        resolve_model("nope", "tiny")
+
+
+def test_evaluation_takes_model_objects_only():
+    with pytest.raises(TypeError, match="resolve names with streamdistill.registry.resolve_model"):
+        E.evaluate_model("C", ["STSBenchmark"], "tiny")
 
 
 def test_tiny_evaluation_is_real_and_cached(minilm, monkeypatch):
@@ -39,7 +45,7 @@ def test_models_never_collide_in_the_cache(minilm):
     def noise(texts, kind=None):  # a random vector per text, no meaning
         return np.stack([np.random.default_rng(zlib.crc32(t.encode())).normal(size=8) for t in texts])
 
-    noisy = E.EmbeddingModel(name="noise", revision="r1", embed_dim=8, encode=noise)
+    noisy = M.EmbeddingModel(name="noise", revision="r1", embed_dim=8, encode=noise)
     score_noise = E.evaluate_model(noisy, ["STSBenchmark"], "tiny")["scores"]["STSBenchmark"]
     score_minilm = E.evaluate_model(minilm, ["STSBenchmark"], "tiny")["scores"]["STSBenchmark"]
     assert abs(score_noise) < 30 < score_minilm
@@ -49,9 +55,9 @@ def test_models_never_collide_in_the_cache(minilm):
 
 def test_asymmetric_routes_queries_and_documents():
     seen = []
-    q = E.EmbeddingModel("q", "1", lambda t, k=None: seen.append(("q", k)) or np.ones((len(t), 2)))
-    d = E.EmbeddingModel("d", "2", lambda t, k=None: seen.append(("d", k)) or np.ones((len(t), 2)))
-    both = E.asymmetric(q, d)
+    q = M.EmbeddingModel("q", "1", lambda t, k=None: seen.append(("q", k)) or np.ones((len(t), 2)))
+    d = M.EmbeddingModel("d", "2", lambda t, k=None: seen.append(("d", k)) or np.ones((len(t), 2)))
+    both = M.asymmetric(q, d)
     both.encode(["a"], "query"), both.encode(["b"], "document"), both.encode(["c"], None)
     assert seen == [("q", "query"), ("d", "document"), ("d", None)] and both.revision == "1-2"
 
@@ -65,36 +71,6 @@ def test_sampling_key_separates_subsamples_and_seeds():
     assert tiny.startswith("sampled-") and tiny != tiny1
 
 
-def test_gap_closure_arithmetic():
-    assert E.gap_closure(50.0, 60.0, 56.81) == pytest.approx(0.681)
-    assert math.isnan(E.gap_closure(50.0, 50.0, 55.0))
-    report = E.gap_closure_report({
-        "A": {"STSBenchmark": 50.0, "SciFact": 10.0},
-        "A+Echo": {"STSBenchmark": 52.0, "SciFact": 11.0},
-        "B": {"STSBenchmark": 60.0, "SciFact": 20.0},
-        "C": {"STSBenchmark": 58.0, "SciFact": 12.0},
-    })
-    assert report["gap_closure"] == pytest.approx((35 - 30) / (40 - 30))
-    assert report["gap_closure_by_type"] == {"Retrieval": pytest.approx(0.2), "STS": pytest.approx(0.8)}
-    assert report["student_minus_echo"] == pytest.approx(35 - 31.5)
-    assert E.gap_closure_verdict(report) == ("The student closes only 50 % of the A -> B gap of 10.00 points "
-                                             "(paper: 68.1 %). C beats A+Echo by 3.50 points (paper: +2.0) "
-                                             "while reading each text once (Echo reads it twice).")
-
-
-@pytest.mark.parametrize("a, b, c, echo, expected", [
-    (45.16, 45.76, 44.69, 45.56, ["does not hold at this scale", "-0.47 points against A", "+0.60 points above A",
-                                  "does not beat A+Echo here (-0.87 points"]),
-    (50.0, 49.0, 55.0, 40.0, ["B does not beat the causal baseline A here (B - A = -1.00 points)", "beats A+Echo by 15.00"]),
-    (50.0, 60.0, 59.0, 50.0, ["closes 90 % of the A -> B gap of 10.00 points, as much as the paper's 68.1 % or more"]),
-])
-def test_gap_closure_verdict_says_which_way_the_numbers_went(a, b, c, echo, expected):
-    report = E.gap_closure_report({"A": {"STSBenchmark": a}, "A+Echo": {"STSBenchmark": echo},
-                                   "B": {"STSBenchmark": b}, "C": {"STSBenchmark": c}})
-    verdict = E.gap_closure_verdict(report)
-    assert all(part in verdict for part in expected), verdict
-
-
 def test_empty_text_is_passed_to_sentence_transformers_as_documented(minilm):
     # documented behaviour: SentenceTransformers embed "" from the special tokens alone;
     # streamdistill's own encoders refuse it (tests/test_encoder.py)
@@ -106,11 +82,11 @@ def test_revision_follows_weights_and_configuration_not_training_records(tmp_pat
     import shutil
 
     folder = tmp_path / "model"
-    shutil.copytree(E.minilm_path(), folder)
-    base = E.weights_revision(folder)
+    shutil.copytree(M.minilm_path(), folder)
+    base = M.weights_revision(folder)
     (folder / "DONE.json").write_text('{"seconds": 1.0}')
     (folder / "history.json").write_text("[]")
-    assert E.weights_revision(folder) == base  # how it was trained does not change what it computes
+    assert M.weights_revision(folder) == base  # how it was trained does not change what it computes
     pooling = next(folder.rglob("1_Pooling/config.json"))
     pooling.write_text(pooling.read_text().replace('"pooling_mode_mean_tokens": true', '"pooling_mode_mean_tokens": false'))
-    assert E.weights_revision(folder) != base  # a different pooling is a different model
+    assert M.weights_revision(folder) != base  # a different pooling is a different model

@@ -5,7 +5,8 @@ import pytest
 import torch
 from sentence_transformers import SentenceTransformer
 
-from streamdistill.encoder import Encoder, tiny_qwen2, tiny_tokenizer
+from streamdistill.encoder import Encoder
+from streamdistill.testing import tiny_qwen2, tiny_tokenizer
 from streamdistill.export import EncoderModule, to_sentence_transformer
 
 TEXTS = ["a short one", "a somewhat longer sentence about the river and the bridge", "x",
@@ -46,12 +47,12 @@ def test_bidirectional_and_echo_encoders_load_through_the_encoder_module(tmp_pat
 
 
 def test_the_harness_evaluates_an_exported_teacher_folder_without_trusting_remote_code(tmp_path):
-    from streamdistill import evaluate
+    from streamdistill.registry import resolve_model
 
     tok = tiny_tokenizer()
     enc = Encoder(tiny_qwen2(tok.vocab_size), tok, attention="bidirectional").eval()
     folder = to_sentence_transformer(enc, tmp_path / "teacher-st")
-    model = evaluate.resolve_model(str(folder), "tiny")
+    model = resolve_model(str(folder), "tiny")
     assert model.name == "streamdistill/teacher-st"
     ours = enc.encode(TEXTS)
     assert float((1 - (ours * model.encode(TEXTS)).sum(1)).max()) <= 1e-5

@@ -8,10 +8,10 @@ import zlib
 import numpy as np
 import pytest
 
-from streamdistill import leaf
+from streamdistill import leaf, models
 from streamdistill.artifacts import read_done
 from streamdistill.data import training_texts
-from streamdistill.evaluate import EmbeddingModel, minilm_path
+from streamdistill.models import EmbeddingModel, minilm_path
 from streamdistill.profiles import get_profile
 
 TINY = get_profile("tiny")
@@ -164,7 +164,8 @@ def test_causal_student_trains_and_streams(texts):
 
 def test_run_leaf_returns_folder_and_summary(monkeypatch, texts):
     monkeypatch.setattr(leaf, "default_texts", lambda profile: texts)
-    folder, summary = leaf.run_leaf(FAST, progress=False)  # the cached student of the test above
+    folder = leaf.run_leaf(FAST, progress=False)  # the cached student of the test above
+    summary = read_done(folder)["summary"]
     assert (folder / "modules.json").exists() and summary["kind"] == "truncated" and summary["n_texts"] == len(texts)
 
 
@@ -224,9 +225,9 @@ def test_rotated_and_truncated_wrappers():
     x = _anisotropic(n=8)
     r = leaf.pca_rotation(_anisotropic())
     base = EmbeddingModel("m", "r", lambda texts, p=None: x[: len(texts)], embed_dim=32, n_parameters=7)
-    rot = leaf.rotated(base, r)
+    rot = models.rotated(base, r)
     np.testing.assert_allclose(rot.encode(["a"] * 8), x @ r, atol=1e-6)
-    cut = leaf.truncate(rot, 4)
+    cut = models.truncate(rot, 4)
     out = cut.encode(["a"] * 8)
     assert out.shape == (8, 4) and cut.embed_dim == 4 and cut.n_parameters == 7
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
@@ -239,7 +240,7 @@ def test_rotated_and_truncated_wrappers():
 def test_int8_round_trip_error_is_small_and_binary_is_plus_minus_one():
     train = _anisotropic(n=4000, seed=1)
     test = _anisotropic(n=50, seed=2)
-    q = leaf.int8_quantizer(train)
+    q = models.int8_quantizer(train)
     codes = q.quantize(test)
     assert codes.dtype == np.int8
     back = q.dequantize(codes)
@@ -249,8 +250,8 @@ def test_int8_round_trip_error_is_small_and_binary_is_plus_minus_one():
     assert rows_inside.sum() > 40 and _cosine_distance(test, back)[rows_inside].max() < 1e-3
 
     base = EmbeddingModel("m", "r", lambda texts, p=None: test[: len(texts)], embed_dim=32)
-    np.testing.assert_allclose(leaf.quantized(base, q).encode(["a"] * 50), back)
-    signs = leaf.binarized(base).encode(["a"] * 50)
+    np.testing.assert_allclose(models.quantized(base, q).encode(["a"] * 50), back)
+    signs = models.binarized(base).encode(["a"] * 50)
     assert set(np.unique(signs)) <= {-1.0, 1.0} and signs.dtype == np.float32
     np.testing.assert_array_equal(signs > 0, test >= 0)
 
@@ -259,11 +260,9 @@ def test_int8_round_trip_error_is_small_and_binary_is_plus_minus_one():
 
 
 def test_throughput_returns_positive_figures(teacher):
-    from streamdistill.evaluate import from_sentence_transformer
-
-    models = {"teacher": from_sentence_transformer(teacher, "t", "r"),
-              "stub": EmbeddingModel("s", "r", HashEncoder().encode, n_parameters=0)}
-    out = leaf.throughput(models, ["a short text", "another short text"] * 4, batch_size=4, repeats=2)
+    pair = {"teacher": models.from_sentence_transformer(teacher, "t", "r"),
+            "stub": EmbeddingModel("s", "r", HashEncoder().encode, n_parameters=0)}
+    out = leaf.throughput(pair, ["a short text", "another short text"] * 4, batch_size=4, repeats=2)
     assert set(out) == {"teacher", "stub"}
     assert all(row["texts_per_s"] > 0 and row["texts"] == 8 for row in out.values())
     assert out["teacher"]["n_parameters"] > 20_000_000
@@ -282,44 +281,12 @@ def test_truncation_curve_and_quantization_table_on_scifact_tiny():
 
 
 def test_memoized_encodes_each_text_once():
-    import numpy as np
-
-    from streamdistill.evaluate import EmbeddingModel
-    from streamdistill.leaf import memoized
-
     calls = []
     base = EmbeddingModel("m", "r", lambda texts, kind=None: calls.append(list(texts)) or np.ones((len(texts), 3)) * len(texts[0]))
-    model = memoized(base)
+    model = models.memoized(base)
     first = model.encode(["ab", "c", "ab"], "query")
     second = model.encode(["c", "ab"], "query")
     assert calls == [["ab", "c"]]
     assert np.array_equal(first[0], second[1]) and np.array_equal(first[1], second[0])
     model.encode(["c"], "document")  # another prompt type is another vector
     assert calls[-1] == ["c"]
-
-
-def test_length_grouped_order_is_a_permutation_of_whole_batches_with_less_padding():
-    rng = np.random.default_rng(0)
-    n, batch = 1000, 8  # 1000 = 125 batches: two pools of 64 batches, the last pool short
-    lengths = np.minimum(rng.geometric(1 / 30, size=n), 128)  # skewed, like real texts
-    for epoch in range(2):
-        order = leaf._epoch_order(epoch, n, batch, seed=3, lengths=lengths)
-        assert sorted(order.tolist()) == list(range(n))
-        assert not np.array_equal(order, leaf._epoch_order(epoch + 2, n, batch, seed=3, lengths=lengths))
-    steps = n // batch
-    grouped = [leaf._batch_indices(s, batch, n, seed=3, lengths=lengths) for s in range(steps)]
-    plain = [leaf._batch_indices(s, batch, n, seed=3) for s in range(steps)]
-    assert all(len(b) == batch for b in grouped)
-    assert sorted(np.concatenate(grouped).tolist()) == list(range(n))  # one epoch sees every text once
-    assert np.array_equal(grouped[5], leaf._batch_indices(5, batch, n, seed=3, lengths=lengths))  # pure in step
-    padded = lambda batches: sum(lengths[b].max() * len(b) for b in batches)
-    assert padded(grouped) < 0.5 * padded(plain)
-
-
-def test_length_grouped_order_keeps_a_short_last_batch_last():
-    lengths = np.arange(20)[::-1].copy()  # one pool, sorted by length: batches of 8, 8 and the 4 longest
-    for seed in range(5):
-        order = leaf._epoch_order(0, 20, 8, seed=seed, lengths=lengths)
-        assert set(order[-4:].tolist()) == {0, 1, 2, 3}
-        assert {frozenset(order[:8].tolist()), frozenset(order[8:16].tolist())} == {
-            frozenset(range(4, 12)), frozenset(range(12, 20))}

@@ -11,12 +11,11 @@ import json
 import os
 import subprocess
 import sys
-import types
 
 import pytest
 import torch
 
-from streamdistill import streaming
+from streamdistill import registry, streaming
 from streamdistill.profiles import get_profile
 from streamdistill.streaming import random_benchmark_encoders, stream_benchmark, stream_sweep
 
@@ -86,28 +85,10 @@ def test_echo_beyond_the_positions_is_timed_not_refused():
     assert result["echo_beyond_positions"] and result["echo_tokens"] > 160
 
 
-def test_pipeline_stage_encoders_are_used_when_importable(monkeypatch):
-    asked = []
-
-    def load_stage_encoder(name, profile):
-        asked.append(name)
-        key = {v: k for k, v in streaming.STREAM_MODELS.items()}[name]
-        return encoders()[key], "folder"  # the pipeline returns (encoder, folder)
-
-    # a stand-in module: the real pipeline would train the stage models
-    fake = types.ModuleType("streamdistill.pipeline")
-    fake.load_stage_encoder = load_stage_encoder
-    monkeypatch.setitem(sys.modules, "streamdistill.pipeline", fake)
-    monkeypatch.delenv(streaming.WEIGHTS_ENV, raising=False)
-    result = stream_benchmark(PROFILE, prefix=32, delta=8, updates=1)
-    assert sorted(asked) == ["A+Echo", "B", "C"] and result["weights"] == "trained"
-
-
-def test_random_fallback_when_the_pipeline_cannot_be_imported(monkeypatch, capsys):
-    monkeypatch.delenv(streaming.WEIGHTS_ENV, raising=False)
-    monkeypatch.setitem(sys.modules, "streamdistill.pipeline", None)  # import raises ImportError
-    models, weights = streaming.benchmark_encoders(PROFILE)
-    assert weights == "random" and "RANDOMLY" in capsys.readouterr().out
+def test_random_stream_encoders_have_the_profile_shape(monkeypatch):
+    monkeypatch.setenv(registry.STREAM_WEIGHTS_ENV, "random")
+    models, weights = registry.stream_encoders(PROFILE)
+    assert weights == "random"
     assert models["student"].attention == "causal" and models["student"].pooling == "mean"
     assert models["teacher"].attention == "bidirectional" and models["echo_model"].pooling == "echo"
     config = models["student"].backbone.config
@@ -122,12 +103,12 @@ def test_bad_arguments_raise():
     with pytest.raises(ValueError, match="positions"):
         stream_benchmark(PROFILE, prefix=2000, delta=8, updates=1, **encoders())
     with pytest.raises(ValueError, match="weights must be"):
-        streaming.benchmark_encoders(PROFILE, weights="pretty")
+        registry.stream_encoders(PROFILE, weights="pretty")
 
 
 def test_cli_stream_bench_writes_json(tmp_path):
     out = tmp_path / "stream.json"
-    env = {**os.environ, streaming.WEIGHTS_ENV: "random", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, registry.STREAM_WEIGHTS_ENV: "random", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "streamdistill.cli", "stream-bench", "--profile", "tiny", "--out", str(out)],
         capture_output=True, text=True, env=env,
@@ -139,7 +120,7 @@ def test_cli_stream_bench_writes_json(tmp_path):
 
 
 def test_cli_stream_bench_refuses_a_zero_prefix_in_one_line():
-    env = {**os.environ, streaming.WEIGHTS_ENV: "random", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, registry.STREAM_WEIGHTS_ENV: "random", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "streamdistill.cli", "stream-bench", "--profile", "tiny", "--prefix", "0"],
         capture_output=True, text=True, env=env,

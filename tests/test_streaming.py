@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamdistill.artifacts import ArtifactError
-from streamdistill.encoder import Encoder, tiny_qwen2, tiny_tokenizer
+from streamdistill.encoder import Encoder
+from streamdistill.testing import tiny_qwen2, tiny_tokenizer
 from streamdistill.streaming import StreamingEncoder
 
 MAX_POSITIONS = 64
@@ -164,7 +165,7 @@ def test_bidirectional_and_echo_are_refused():
 
 def test_streamed_text_matches_encode_with_closing_eos():
     """The project's tokenizer ends every text with <eos>: the stream pools it too, without keeping it."""
-    from streamdistill.pipeline import train_tokenizer
+    from streamdistill.lm import train_tokenizer
 
     corpus = ["the cat sat on the mat", "a dog ran in the park", "the river crossed the old bridge"] * 20
     tok = train_tokenizer(corpus, vocab_size=300)

@@ -41,9 +41,24 @@ def execute_notebooks(profile: str, root: Path | None = None, names: list[str] |
         papermill.execute_notebook(
             str(src), str(out_dir / src.name), parameters={"PROFILE": profile},
             cwd=str(root / "notebooks"), kernel_name="python3", progress_bar=False, log_output=False)
+        hide_injected_parameters(out_dir / src.name)
         seconds[stem] = round(time.perf_counter() - started, 1)
         print(f"[book] {src.name}: {seconds[stem]} s", file=sys.stderr, flush=True)
     return seconds
+
+
+def hide_injected_parameters(path: Path) -> None:
+    """Tag papermill's injected ``# Parameters`` cell ``remove-cell``: set-up, not reading."""
+    import json
+
+    from .artifacts import atomic_write_text
+
+    nb = json.loads(Path(path).read_text())
+    for cell in nb["cells"]:
+        tags = cell.setdefault("metadata", {}).setdefault("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            tags.append("remove-cell")
+    atomic_write_text(path, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
 
 
 def build_book(profile: str = "cpu", execute: bool = True, root: Path | None = None) -> dict:

@@ -29,21 +29,15 @@ def _emit(result: dict, out: str | None) -> None:
 
 
 def cmd_evaluate(args) -> dict:
-    from .evaluate import evaluate_model, resolve_model
-    from .tasks import get_tasks
-
-    from .pipeline import INFERENCE_SETTINGS
+    from .evaluate import evaluate_model
+    from .registry import INFERENCE_SETTINGS, resolve_model
+    from .tasks import task_list
 
     sets = parse_sets(args.set)
     # Profile overrides (e.g. seed=1, eval_experiments=3) apply to the model *and* the evaluation.
     profile = get_profile(args.profile, {k: v for k, v in sets.items() if k not in INFERENCE_SETTINGS})
-    get_tasks(args.tasks, profile)  # validate task names before loading a model
-    if sets:
-        from .pipeline import resolve_with_settings
-
-        model = resolve_with_settings(args.model, profile, {k: v for k, v in sets.items() if k in INFERENCE_SETTINGS})
-    else:
-        model = resolve_model(args.model, profile)
+    task_list(args.tasks)  # validate task names before loading a model
+    model = resolve_model(args.model, args.profile, sets)
     if args.teacher:  # LEAF: the student against its teacher, alone and in asymmetric mode
         from .leaf import asymmetric_scores
 
@@ -57,7 +51,8 @@ def cmd_evaluate(args) -> dict:
 
 
 def cmd_data(args) -> dict:
-    from .data import check_mirror, data_dir, export_mirror
+    from .data import check_mirror, data_dir
+    from .mirror_export import export_mirror
 
     if args.action == "check":
         root = data_dir(required=True)
@@ -77,7 +72,7 @@ def cmd_data(args) -> dict:
 
 
 def cmd_train(args) -> dict:
-    from .pipeline import STAGE_SETTINGS, run_stage
+    from .registry import STAGE_SETTINGS, run_stage
 
     sets = parse_sets(args.set)
     stage_settings = {k: sets.pop(k) for k in STAGE_SETTINGS if k in sets}  # e.g. variant=hard
@@ -96,11 +91,15 @@ def cmd_gap_closure(args) -> dict:
 
 
 def cmd_stream_bench(args) -> dict:
+    from .registry import stream_encoders
     from .streaming import stream_benchmark
 
     profile = get_profile(args.profile, parse_sets(args.set))
     # None means "the profile's value"; 0 or a negative number reaches stream_benchmark's check
-    return stream_benchmark(profile, prefix=args.prefix, delta=args.delta, updates=args.updates)
+    longest = (args.prefix or profile.stream_prefix) + (args.delta or profile.stream_delta)
+    encoders, weights = stream_encoders(profile, max_positions=max(profile.max_positions, 2 * longest + 64))
+    return stream_benchmark(profile, prefix=args.prefix, delta=args.delta, updates=args.updates, weights=weights,
+                            **encoders)
 
 
 def cmd_book(args) -> dict:
@@ -110,6 +109,8 @@ def cmd_book(args) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .registry import STAGES, model_names, stage_help
+
     parser = argparse.ArgumentParser(prog="streamdistill", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     profiles = ", ".join(profile_names())
@@ -121,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--out", help="also write the key figures to this JSON file")
 
     p = sub.add_parser("evaluate", help="evaluate a model on mteb tasks")
-    p.add_argument("--model", required=True, help="Hub name (offline copies first), model folder, or stage name (A, A+Echo, B, C, ...)")
+    p.add_argument("--model", required=True, help=f"a model folder, a Hub id, or one of: {', '.join(model_names())}")
     p.add_argument("--tasks", required=True, help="comma-separated task names")
     p.add_argument("--teacher", help="also score this teacher and the asymmetric pair (student queries, "
                                       "teacher documents), with the student's retention (LEAF)")
@@ -136,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("train", help="train (or fetch from the cache) one pipeline stage")
-    p.add_argument("stage", help="base-lm, causal, teacher, student, leaf")
+    p.add_argument("stage", help=stage_help(), metavar="|".join(STAGES))
     add_common(p)
     p.set_defaults(func=cmd_train)
 

@@ -17,7 +17,8 @@ Attention modes (all built by :func:`attention_bias`, the one place in the proje
 
 Pooling: ``mean`` over real tokens, ``last`` real token, or ``echo`` (Springer et al. 2024,
 "Repetition improves language model embeddings": the text is written twice and only the second
-copy, which has seen the whole text once already, is mean-pooled).
+copy, which has seen the whole text once already, is mean-pooled). :class:`TextTemplate` lays
+out the ids (special tokens, Echo's pieces) for this class and for the streaming code.
 
 Transformers (5.x) and custom masks: ``Qwen2Model.forward`` hands ``attention_mask`` to
 ``masking_utils.create_causal_mask``, whose ``_preprocess_mask_arguments`` returns a 4-D tensor
@@ -32,7 +33,6 @@ flash kernel (the memory-efficient kernel runs instead); the causal streaming pa
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import warnings
@@ -45,7 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .artifacts import ArtifactError, atomic_dir, atomic_write_json, load_tensors, save_tensors
+from .artifacts import ArtifactError, atomic_dir, atomic_write_json, load_tensors, save_tensors, verify
+from .decoders import decoder_stack, quiet_transformers
 
 ATTENTION_MODES = ("causal", "bidirectional")
 POOLINGS = ("mean", "last", "echo")
@@ -156,113 +157,67 @@ def attention_bias(
 
 
 # ---------------------------------------------------------------------------------------------
-# tiny models for tests
+# the text template: special tokens and Echo's pieces
 # ---------------------------------------------------------------------------------------------
 
 
-def random_qwen2(
-    vocab_size: int,
-    *,
-    hidden: int,
-    intermediate: int,
-    layers: int,
-    heads: int,
-    kv_heads: int,
-    max_positions: int,
-    seed: int = 0,
-    attn_implementation: str = "sdpa",
-    **config_kwargs,
-):
-    """A randomly initialised ``Qwen2ForCausalLM`` (tied embeddings): the one builder of the project.
+class TruncationWarning(UserWarning):
+    """Texts were longer than ``max_length`` and were cut (filter this category, not all warnings)."""
 
-    The global RNG is left untouched (``fork_rng``), so building a model does not change anyone
-    else's randomness. ``config_kwargs`` go to ``Qwen2Config`` (e.g. ``pad_token_id``).
+
+def special_affixes(tokenizer) -> tuple[list[int], list[int]]:
+    """The ids a tokenizer adds before and after every text (``add_special_tokens=True``).
+
+    Found by probing, so pieces tokenized without specials (Echo's, a stream's) get the same
+    wrapping as a plain text. Qwen2 and SmolLM2 tokenizers add none; the project's BPE adds ``<eos>``.
     """
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    config = Qwen2Config(
-        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=max_positions,
-        tie_word_embeddings=True, attn_implementation=attn_implementation, **config_kwargs,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return Qwen2ForCausalLM(config)
+    probe = "hello world"
+    full = list(tokenizer(probe, add_special_tokens=True)["input_ids"])
+    bare = list(tokenizer(probe, add_special_tokens=False)["input_ids"])
+    for start in range(len(full) - len(bare) + 1):
+        if full[start : start + len(bare)] == bare:
+            return full[:start], full[start + len(bare) :]
+    raise ValueError("cannot locate the text inside the tokenizer's special-token template")
 
 
-def tiny_qwen2(
-    vocab_size: int,
-    hidden: int = 32,
-    layers: int = 2,
-    heads: int = 2,
-    kv_heads: int = 1,
-    max_positions: int = 512,
-    seed: int = 0,
-    attn_implementation: str = "sdpa",
-):
-    """A tiny randomly initialised Qwen2 (eval mode), used by tests and the paper-profile code-path test."""
-    return random_qwen2(vocab_size, hidden=hidden, intermediate=2 * hidden, layers=layers, heads=heads,
-                        kv_heads=kv_heads, max_positions=max_positions, seed=seed,
-                        attn_implementation=attn_implementation).eval()
+class TextTemplate:
+    """How a text's bare token ids become the ids a model reads, and which of them are pooled.
 
-
-TINY_CORPUS = (
-    "the cat sat on the mat",
-    "a dog ran in the park with a red ball",
-    "streaming embeddings reuse the key value cache",
-    "bidirectional teachers see the whole sentence at once",
-    "causal students read from left to right",
-    "rewrite the sentence, rewritten sentence",
-)
-
-
-def bpe_tokenizer(texts: Sequence[str], vocab_size: int, *, eos_ends_text: bool, padding_side: str = "right"):
-    """A byte-level BPE ``PreTrainedTokenizerFast`` trained on ``texts`` (any text encodes).
-
-    Special tokens: ``<pad>`` (id 0) and ``<eos>`` (id 1); with ``eos_ends_text`` the tokenizer
-    appends ``<eos>`` to every text (the project's base LM reads texts that way).
-    ``len(tokenizer) <= vocab_size``.
+    ``head`` and ``tail`` are the tokenizer's special tokens around every text. Plain pooling reads
+    ``head + x + tail`` and pools every token; Echo (Springer et al. 2024) reads
+    ``head + ECHO_PREFIX + x + ECHO_MIDDLE + x + tail`` and pools the second copy of ``x`` only.
+    The one place that lays texts out: :class:`Encoder` and the streaming code both use it.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
 
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<eos>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    backend.train_from_iterator(list(texts), trainer)
-    extra = {}
-    if eos_ends_text:
-        eos = backend.token_to_id("<eos>")
-        backend.post_processor = processors.TemplateProcessing(
-            single="$A <eos>", pair="$A <eos> $B <eos>", special_tokens=[("<eos>", eos)])
-        extra["clean_up_tokenization_spaces"] = False
-    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>",
-                                   padding_side=padding_side, **extra)
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.head, self.tail = special_affixes(tokenizer)
+        self._echo: tuple[list[int], list[int]] | None = None
 
+    def echo_pieces(self) -> tuple[list[int], list[int]]:
+        """The ids of Echo's prompt before the first copy and between the two copies."""
+        if self._echo is None:
+            ids = [list(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in (ECHO_PREFIX, ECHO_MIDDLE)]
+            self._echo = (ids[0], ids[1])
+        return self._echo
 
-def tiny_tokenizer(texts: Sequence[str] = TINY_CORPUS, vocab_size: int = 300, padding_side: str = "right"):
-    """A tiny BPE tokenizer for tests (no special token added to texts)."""
-    return bpe_tokenizer(texts, vocab_size, eos_ends_text=False, padding_side=padding_side)
+    def budget(self, max_length: int) -> int:
+        """Text tokens that fit in ``max_length`` once the special tokens are added."""
+        return int(max_length) - len(self.head) - len(self.tail)
+
+    def layout(self, bare: list[int], echo: bool = False) -> tuple[list[int], tuple[int, int]]:
+        """``(ids, (start, end))``: what the model reads, and the span pooling reads."""
+        if not echo:
+            ids = self.head + list(bare) + self.tail
+            return ids, (0, len(ids))  # mean/last pool every real token, specials included (as ST)
+        prefix, middle = self.echo_pieces()
+        start = len(self.head) + len(prefix) + len(bare) + len(middle)
+        return self.head + prefix + list(bare) + middle + list(bare) + self.tail, (start, start + len(bare))
 
 
 # ---------------------------------------------------------------------------------------------
 # the encoder
 # ---------------------------------------------------------------------------------------------
-
-
-def _unwrap_backbone(backbone: nn.Module) -> nn.Module:
-    """The decoder stack of a Hugging Face ``*ForCausalLM`` (its ``.model``); anything else as given.
-
-    Only true ``PreTrainedModel`` LMs are unwrapped: a PEFT wrapper must be put around the decoder
-    stack itself (``get_peft_model(lm.model, ...)``), since its forward must return hidden states.
-    """
-    from transformers import PreTrainedModel
-
-    if isinstance(backbone, PreTrainedModel) and hasattr(backbone, "lm_head") and hasattr(backbone, "model"):
-        return backbone.model
-    return backbone
 
 
 # Attention kernels that take a 4-D additive float mask as is (flash / flex kernels do not).
@@ -314,7 +269,7 @@ class Encoder(nn.Module):
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         if int(max_length) < 1:
             raise ValueError(f"max_length must be >= 1, got {max_length}")
-        self.backbone = _unwrap_backbone(backbone)
+        self.backbone = decoder_stack(backbone)
         config = getattr(self.backbone, "config", None)
         if config is not None and "sliding_attention" in (getattr(config, "layer_types", None) or []):
             # A custom 4-D mask replaces the model's own masks, sliding windows included.
@@ -325,7 +280,7 @@ class Encoder(nn.Module):
         self.projection = projection
         self.normalize = bool(normalize)
         self.max_length = int(max_length)
-        self._special_wrap_cache: tuple[list[int], list[int]] | None = None
+        self._template: TextTemplate | None = None
 
     # --- properties ---------------------------------------------------------------------------
 
@@ -356,23 +311,12 @@ class Encoder(nn.Module):
 
     # --- tokenization -------------------------------------------------------------------------
 
-    def _special_wrap(self) -> tuple[list[int], list[int]]:
-        """The special tokens the tokenizer puts before and after one text (e.g. BOS / EOS).
-
-        Found by probing, so Echo's pieces (tokenized without specials) get the same wrapping as
-        a plain text. Qwen2 tokenizers add none.
-        """
-        if self._special_wrap_cache is None:
-            probe = "hello world"
-            full = list(self.tokenizer(probe, add_special_tokens=True)["input_ids"])
-            bare = list(self.tokenizer(probe, add_special_tokens=False)["input_ids"])
-            for start in range(len(full) - len(bare) + 1):
-                if full[start : start + len(bare)] == bare:
-                    self._special_wrap_cache = (full[:start], full[start + len(bare) :])
-                    break
-            else:
-                raise ValueError("cannot locate the text inside the tokenizer's special-token template")
-        return self._special_wrap_cache
+    @property
+    def template(self) -> TextTemplate:
+        """The :class:`TextTemplate` of this encoder's tokenizer (built once)."""
+        if self._template is None or self._template.tokenizer is not self.tokenizer:
+            self._template = TextTemplate(self.tokenizer)
+        return self._template
 
     def _token_ids(self, texts: Sequence[str], max_length: int | None) -> tuple[list[list[int]], list[tuple[int, int]], int]:
         """Token ids per text, the span to pool ``[start, end)`` and the number of truncated texts."""
@@ -385,28 +329,14 @@ class Encoder(nn.Module):
                 raise TypeError(f"text at index {i} is {type(text).__name__}, expected str")
             if not text.strip():
                 raise ValueError(f"empty text at index {i}: an empty or whitespace-only string has nothing to embed")
-        head, tail = self._special_wrap()
-        budget = int(max_length or self.max_length) - len(head) - len(tail)  # text tokens
+        template = self.template
+        budget = template.budget(max_length or self.max_length)  # text tokens
         if budget < 1:
             raise ValueError(f"max_length={max_length or self.max_length} leaves no room for text after special tokens")
         bare = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
         n_truncated = sum(len(x) > budget for x in bare)
-        bare = [list(x[:budget]) for x in bare]
-
-        if self.pooling != "echo":
-            # mean / last pool over every real token, special tokens included (as sentence-transformers).
-            ids = [head + x + tail for x in bare]
-            return ids, [(0, len(x)) for x in ids], n_truncated
-
-        # Echo: concatenate the pieces' ids, so the second copy's span is known exactly.
-        prefix = list(self.tokenizer(ECHO_PREFIX, add_special_tokens=False)["input_ids"])
-        middle = list(self.tokenizer(ECHO_MIDDLE, add_special_tokens=False)["input_ids"])
-        ids, spans = [], []
-        for x in bare:
-            start = len(head) + len(prefix) + len(x) + len(middle)
-            ids.append(head + prefix + x + middle + x + tail)
-            spans.append((start, start + len(x)))
-        return ids, spans, n_truncated
+        laid = [template.layout(x[:budget], echo=self.pooling == "echo") for x in bare]
+        return [ids for ids, _ in laid], [span for _, span in laid], n_truncated
 
     def _pad(self, ids: list[list[int]], spans: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
         """Pad to a rectangle on the tokenizer's padding side; return ids, mask and pool mask."""
@@ -430,7 +360,7 @@ class Encoder(nn.Module):
         if n_truncated:
             warnings.warn(
                 f"{n_truncated} of {n_texts} texts were longer than max_length={budget} tokens and were truncated",
-                stacklevel=3,
+                TruncationWarning, stacklevel=3,
             )
 
     def tokenize(self, texts: Sequence[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
@@ -573,7 +503,7 @@ class Encoder(nn.Module):
         The folder appears only when complete (built next to it and renamed into place).
         """
         path = Path(path)
-        with atomic_dir(path) as tmp, _quiet_transformers():
+        with atomic_dir(path) as tmp, quiet_transformers():
             self.backbone.save_pretrained(tmp / "backbone")
             self.tokenizer.save_pretrained(tmp / "tokenizer")
             if self.projection is not None:
@@ -605,6 +535,7 @@ class Encoder(nn.Module):
         if config.get("format") != FORMAT_VERSION:
             raise ArtifactError(f"{config_file}: unsupported format {config.get('format')!r} (expected {FORMAT_VERSION})")
 
+        verify(path)  # inside a cached artifact: the weights are the ones its DONE.json recorded
         backbone_dir = path / "backbone"
         weight_files = sorted(backbone_dir.glob("*.safetensors"))
         if not weight_files:
@@ -612,7 +543,7 @@ class Encoder(nn.Module):
         for file in weight_files:
             check_safetensors_file(file)
         try:
-            with _quiet_transformers():
+            with quiet_transformers():
                 backbone, info = AutoModel.from_pretrained(
                     backbone_dir, trust_remote_code=False, use_safetensors=True, dtype="auto", output_loading_info=True
                 )
@@ -644,20 +575,6 @@ class Encoder(nn.Module):
             max_length=config["max_length"],
         )
         return encoder.to(device if device is not None else inference_device()).eval()
-
-
-@contextlib.contextmanager
-def _quiet_transformers():
-    """Hide transformers' per-shard progress bars while saving/loading (noise in the book)."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
 
 
 def _one_line(exc: BaseException) -> str:

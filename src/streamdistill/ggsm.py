@@ -40,10 +40,13 @@ None, so training is bit-identical with or without observation.
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
 import torch
+
+from .artifacts import ArtifactError, data_parallel_world, load_tensors, save_tensors
 
 VARIANTS = ("ggsm", "hard", "linear")
 
@@ -317,11 +320,32 @@ class SoftMask:
         self.n_updates = int(state.get("n_updates", 0))
         self._pending = []
 
+    def save(self, path) -> None:
+        """Write the state (tensors as safetensors, the config scalars in its metadata), atomically."""
+        state = self.state_dict()
+        tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+        scalars = {k: v for k, v in state.items() if not isinstance(v, torch.Tensor)}
+        save_tensors(path, tensors, metadata={"softmask": json.dumps(scalars)})
+
+    @classmethod
+    def load(cls, path) -> SoftMask:
+        """A mask rebuilt from :meth:`save`'s file, exactly as it was at the end of training."""
+        from safetensors import safe_open
+
+        tensors = load_tensors(path)
+        with safe_open(str(path), framework="pt") as fh:
+            raw = (fh.metadata() or {}).get("softmask")
+        if raw is None:
+            raise ArtifactError(f"{path} holds no SoftMask configuration (written by an older version); rebuild it")
+        scalars = json.loads(raw)
+        mask = cls(max_len=scalars["max_len"], t_warm=scalars["t_warm"], t_total=scalars["t_total"],
+                   decay=scalars["decay"], variant=scalars["variant"], warm_weight=scalars["warm_weight"])
+        mask.load_state_dict({**scalars, **tensors})
+        return mask
+
 
 def _data_parallel_world() -> int:
     """Processes training data-parallel (1 unless a process group is up, the cheap common case)."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return 1
-    from .train import data_parallel_world
-
     return data_parallel_world()

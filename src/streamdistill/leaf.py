@@ -1,4 +1,5 @@
-"""LEAF: teacher-aligned distillation, asymmetric retrieval, MRL truncation, quantization.
+"""Stage ``leaf`` and its analyses: teacher-aligned distillation, asymmetric retrieval, MRL
+truncation, quantization, throughput.
 
 A student learns to reproduce a black-box teacher's embeddings with a plain L2 loss
 (``losses.leaf_l2``): texts in, the teacher's vectors out; no labels, no negatives, small batches.
@@ -10,15 +11,15 @@ The pieces, one job per function:
 
 * :func:`teacher_embeddings` - the teacher's embeddings of the training texts, computed once,
   chunk by chunk (resumable), stored as a memory-mapped float32 ``.npy``;
-* :func:`truncated_student` / :func:`causal_student` - the two students: the teacher's first
-  ``k`` BERT layers as a SentenceTransformer, or the project's causal Qwen2 ``Encoder`` with a
+* :class:`TruncatedStudent` / :class:`CausalStudent` - the two students: the teacher's first
+  ``k`` BERT layers as a SentenceTransformer, or the project's causal ``Encoder`` with a
   projection to the teacher's width (which streams, see ``streaming.StreamingEncoder``);
 * :func:`train_leaf_student` - trains either with ``train.train`` (cached); :func:`run_leaf` is
-  the pipeline / CLI entry (``streamdistill train leaf``);
+  the stage entry (``streamdistill train leaf``);
 * :func:`asymmetric_scores` - teacher, student and student-queries/teacher-documents scores;
-* :func:`pca_rotation`, :func:`rotated`, :func:`truncate`, :func:`truncation_curve` - MRL-style
-  truncation after an orthogonal rotation that orders dimensions by variance;
-* :func:`int8_quantizer`, :func:`quantized`, :func:`binarized`, :func:`quantization_table`;
+* :func:`pca_rotation`, :func:`truncation_curve` - MRL-style truncation after an orthogonal
+  rotation that orders dimensions by variance (the wrappers live in :mod:`streamdistill.models`);
+* :func:`quantization_table` - float32, int8 and binary scores;
 * :func:`throughput` - texts/s of several models measured side by side.
 """
 
@@ -31,7 +32,6 @@ import os
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,32 +39,39 @@ import numpy as np
 import torch
 from torch import nn
 
-from .artifacts import (
-    artifacts_root,
-    atomic_write_bytes,
-    atomic_write_json,
-    cached,
-    config_hash,
-    read_done,
-)
-from .evaluate import (
+from .artifacts import artifacts_root, atomic_write_bytes, atomic_write_json, cached, checkpoint_dir, config_hash, read_done
+from .data import training_texts
+from .decoders import BaseModel, bpe_tokenizer, random_decoder
+from .encoder import Encoder, TruncationWarning
+from .evaluate import evaluate_model
+from .losses import leaf_l2
+from .models import (
     EmbeddingModel,
     asymmetric,
-    evaluate_model,
+    binarized,
+    int8_quantizer,
+    load_folder,
     minilm_path,
+    model_revision,
     open_sentence_transformer,
+    quantized,
+    truncate,
     weights_revision,
 )
 from .profiles import Profile, as_dict, get_profile
+from .sampling import BatchPlan, EpochOrder
+from .tasks import task_list, task_type
+from .train import stage_checkpoints, train
 
 TEACHER_CACHE = "leaf-teacher-cache"
 EMBEDDINGS = "embeddings.npy"
 PROGRESS = "progress.json"
 STAGE = "leaf"
+# Bump when the code changes what the stage builds (v2: the one sampler's length-grouped order,
+# micro-batches sliced per process, the profile's decoder shape for the causal student).
+VERSION = 2
 KINDS = ("truncated", "causal")
 MRL_DIMS = (32, 64, 128, 256, 384)
-CHECKPOINT_MIN_STEPS = 100  # runs shorter than this train without checkpoints
-GROUP_BATCHES = 64  # batches per length-sorted pool (see _epoch_order)
 
 
 # --------------------------------------------------------------------------- teacher cache
@@ -78,15 +85,6 @@ def texts_hash(texts: Sequence[str]) -> str:
         digest.update(len(raw).to_bytes(8, "little"))
         digest.update(raw)
     return digest.hexdigest()
-
-
-def model_revision(st_model) -> str:
-    """A short hash of a module's weights (for models held in memory rather than in a folder)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(st_model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:12]
 
 
 def teacher_cache_folder(teacher_revision: str, texts: Sequence[str], max_length: int | None = None) -> Path:
@@ -219,10 +217,8 @@ def truncated_student(teacher_st, layers: int):
     return SentenceTransformer(modules=[transformer, Pooling(width, "mean"), dense, Normalize()], device="cpu")
 
 
-def causal_student(tokenizer, backbone, dim: int, max_length: int):
+def causal_student(tokenizer, backbone, dim: int, max_length: int) -> Encoder:
     """The project's causal ``Encoder`` (mean pooling) with ``Linear(hidden -> dim)`` and L2 norm."""
-    from .encoder import Encoder
-
     hidden = int(getattr(backbone.config, "hidden_size"))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -231,103 +227,83 @@ def causal_student(tokenizer, backbone, dim: int, max_length: int):
                    normalize=True, max_length=max_length)
 
 
-def _causal_backbone(profile: Profile, texts: Sequence[str], backbone_folder: str | Path | None):
-    """(backbone, tokenizer): a given base LM folder, or a randomly initialised Qwen2 of the profile."""
-    from .encoder import Encoder, tiny_qwen2, tiny_tokenizer
+class TruncatedStudent:
+    """The teacher's first ``leaf_student_layers`` layers (a SentenceTransformer)."""
 
-    if backbone_folder is not None:
-        folder = Path(backbone_folder)
-        if (folder / "encoder_config.json").exists():
-            enc = Encoder.load(folder)
-            return enc.backbone, enc.tokenizer
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    kind = "truncated"
 
-        tok_dir = folder / "tokenizer" if (folder / "tokenizer").is_dir() else folder
-        model_dir = folder / "backbone" if (folder / "backbone").is_dir() else folder
-        return (AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=False, use_safetensors=True),
-                AutoTokenizer.from_pretrained(tok_dir, trust_remote_code=False))
-    tokenizer = tiny_tokenizer(list(texts), vocab_size=profile.vocab_size)
-    backbone = tiny_qwen2(len(tokenizer), hidden=profile.hidden_size, layers=profile.num_layers,
-                          heads=profile.num_heads, kv_heads=profile.num_kv_heads,
-                          max_positions=profile.max_positions, seed=profile.seed)
-    return backbone, tokenizer
+    def __init__(self, teacher_st, profile: Profile):
+        self.model = truncated_student(teacher_st, profile.leaf_student_layers)
+        self.inference_length = self.model.max_seq_length
+        self.model.max_seq_length = profile.leaf_max_length  # train on the profile's length
 
+    def features(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.model.preprocess(texts).items() if isinstance(v, torch.Tensor)}
 
-def _epoch_order(epoch: int, n: int, batch_size: int, seed: int, lengths: np.ndarray | None) -> np.ndarray:
-    """The order of epoch ``epoch``: a seeded permutation, length-grouped when ``lengths`` is given.
+    @staticmethod
+    def embed(model, features: dict) -> torch.Tensor:
+        return model(dict(features))["sentence_embedding"]
 
-    Grouping: the permutation is cut into pools of ``GROUP_BATCHES`` batches, each pool is sorted by
-    length and cut into batches, and the full batches are shuffled. A batch then pads to the length
-    of similar texts instead of its longest: on the cpu texts (mean 27 tokens, 6 % at the 128 cap)
-    random batches pad to ~4x the tokens that grouped ones do. The L2 loss is per text, so which
-    texts share a batch changes no target, only the padding.
-    """
-    perm = np.random.default_rng([seed, epoch]).permutation(n)
-    if lengths is None:
-        return perm
-    pool = batch_size * GROUP_BATCHES
-    batches = []
-    for start in range(0, n, pool):
-        chunk = perm[start : start + pool]
-        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
-        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
-    # only the very last batch can be short; it stays last so every other batch is whole
-    tail = [batches.pop()] if len(batches[-1]) < batch_size else []
-    shuffled = [batches[i] for i in np.random.default_rng([seed, epoch, 1]).permutation(len(batches))]
-    return np.concatenate(shuffled + tail)
+    def save(self, folder: Path) -> None:
+        self.model.max_seq_length = self.inference_length  # the teacher's own limit at inference
+        self.model.save(str(folder))
 
 
-def _batch_indices(step: int, batch_size: int, n: int, seed: int, lengths: np.ndarray | None = None) -> np.ndarray:
-    """Indices of optimiser step ``step``: consecutive slices of the epoch orders, a pure function of step."""
-    start = step * batch_size
-    out = []
-    while len(out) < batch_size:
-        epoch, offset = divmod(start + len(out), n)
-        order = _epoch_order(epoch, n, batch_size, seed, lengths)
-        out.extend(order[offset : offset + batch_size - len(out)].tolist())
-    return np.asarray(out)
+class CausalStudent:
+    """The project's causal ``Encoder`` on ``base`` (or a random decoder of the profile's shape),
+    with a projection to the teacher's width."""
+
+    kind = "causal"
+
+    def __init__(self, profile: Profile, dim: int, texts: Sequence[str], base: BaseModel | None = None):
+        if base is not None:
+            backbone, tokenizer = base.load()
+        else:  # a random decoder of the profile's shape, with a tokenizer trained on the texts
+            tokenizer = bpe_tokenizer(list(texts), profile.vocab_size, eos_ends_text=False)
+            backbone = random_decoder(profile, tokenizer, seed=profile.seed)
+        self.model = causal_student(tokenizer, backbone, dim, profile.leaf_max_length)
+        self.max_length = profile.leaf_max_length
+
+    def features(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        with warnings.catch_warnings():  # truncating to leaf_max_length is intended here
+            warnings.simplefilter("ignore", TruncationWarning)
+            return self.model.tokenize(texts, max_length=self.max_length)
+
+    @staticmethod
+    def embed(model, features: dict) -> torch.Tensor:
+        return model(**features)["embedding"]
+
+    def save(self, folder: Path) -> None:
+        self.model.save(folder)  # Encoder.save replaces the (still empty) folder
 
 
-def _tokenize_truncated(student, texts: list[str]) -> dict[str, Any]:
-    return {k: v for k, v in student.preprocess(texts).items() if isinstance(v, torch.Tensor)}
+def leaf_plan(profile: Profile, texts: Sequence[str]) -> BatchPlan:
+    """The one sampler's plan for LEAF: length-grouped epochs (characters as a tokenizer-free proxy
+    for tokens; the L2 loss is per text, so grouping changes no target, only the padding)."""
+    order = EpochOrder(len(texts), profile.seed, lengths=[len(t) for t in texts], batch_size=profile.leaf_batch_size)
+    return BatchPlan(order, profile.leaf_batch_size, profile.leaf_grad_accum)
 
 
-def _fit(student, kind: str, texts: list[str], targets: np.ndarray, profile: Profile, checkpoint_dir: Path,
-         progress: bool):
+def fit(student, texts: list[str], targets: np.ndarray, profile: Profile, *, checkpoints: Path | None = None,
+        progress: bool = True, plan: BatchPlan | None = None):
     """Train ``student`` toward ``targets`` with the one training loop and ``losses.leaf_l2``."""
-    from .losses import leaf_l2
-    from .train import train
-
-    lengths = np.array([len(text) for text in texts])  # characters: a tokenizer-free proxy for tokens
+    plan = plan or leaf_plan(profile, texts)
 
     def batch_fn(step: int, micro: int) -> dict[str, Any]:
-        idx = _batch_indices(step, profile.leaf_batch_size, len(texts), profile.seed, lengths)
-        chunk = [texts[i] for i in idx]
+        idx = plan.indices(step, micro)
+        features = student.features([texts[i] for i in idx])
         target = torch.from_numpy(np.asarray(targets[idx], dtype=np.float32))
-        if kind == "truncated":
-            features = _tokenize_truncated(student, chunk)
-        else:
-            with warnings.catch_warnings():  # truncating to leaf_max_length is intended here
-                warnings.simplefilter("ignore", UserWarning)
-                features = student.tokenize(chunk, max_length=profile.leaf_max_length)
         return {"features": features, "target": target, "n_tokens": int(features["attention_mask"].sum())}
 
     def loss_fn(model, batch, step):
-        if kind == "truncated":
-            embedding = model(dict(batch["features"]))["sentence_embedding"]
-        else:
-            embedding = model(**batch["features"])["embedding"]
-        loss = leaf_l2(embedding, batch["target"])
+        loss = leaf_l2(student.embed(model, batch["features"]), batch["target"])
         return loss, {"cosine": float(1.0 - loss.detach() / 2.0)}
 
-    # Short runs (the tiny profile) are not worth a checkpoint: writing the optimiser state would
-    # cost more than redoing them. Longer runs checkpoint ~10 times and resume after interruption.
     steps = profile.leaf_steps
-    checkpoints = steps >= CHECKPOINT_MIN_STEPS
-    return train(student, loss_fn, batch_fn, steps=steps, lr=profile.leaf_lr,
-                 warmup_frac=profile.warmup_steps_frac, grad_clip=profile.grad_clip, seed=profile.seed,
-                 checkpoint_dir=checkpoint_dir if checkpoints else None,
-                 checkpoint_every=max(1, steps // 10), keep_last=1, progress=progress, desc=f"leaf {kind}")
+    ckpt = stage_checkpoints(checkpoints, steps) if checkpoints is not None else {}
+    return train(student.model, loss_fn, batch_fn, steps=steps, lr=profile.leaf_lr,
+                 warmup_frac=profile.warmup_steps_frac, grad_clip=profile.grad_clip, grad_accum=profile.leaf_grad_accum,
+                 seed=profile.seed, progress=progress, desc=f"leaf {student.kind}", **ckpt)
 
 
 def _rotation_of(pca, embeddings: np.ndarray) -> np.ndarray | None:
@@ -340,8 +316,6 @@ def _rotation_of(pca, embeddings: np.ndarray) -> np.ndarray | None:
 
 def default_texts(profile: Profile) -> list[str]:
     """One epoch of training texts for the profile's LEAF run (mirror training splits only)."""
-    from .data import training_texts
-
     return training_texts(limit=profile.leaf_steps * profile.leaf_batch_size, seed=profile.seed)
 
 
@@ -352,22 +326,21 @@ def train_leaf_student(
     texts: Sequence[str] | None = None,
     pca=None,
     *,
-    backbone_folder: str | Path | None = None,
+    base: BaseModel | None = None,
     progress: bool = True,
 ) -> Path:
     """Train (or fetch from the cache) a LEAF student; returns its folder.
 
     Args:
-        kind: ``"truncated"`` (the teacher's first ``leaf_student_layers`` layers as a
-            SentenceTransformer; load with ``SentenceTransformer(folder)``) or ``"causal"`` (the
-            project's causal ``Encoder``; load with ``Encoder.load(folder)``).
+        kind: ``"truncated"`` (:class:`TruncatedStudent`; loads with ``SentenceTransformer(folder)``)
+            or ``"causal"`` (:class:`CausalStudent`; loads with ``Encoder.load(folder)``).
         teacher: a SentenceTransformer folder or object (default: all-MiniLM-L6-v2, offline).
         texts: training texts (default: one epoch of ``data.training_texts``).
         pca: None/False = the teacher's own space; True = distil to the teacher rotated by
             :func:`pca_rotation` of the cached training embeddings; or a rotation matrix.
             The rotation is stored as ``rotation.npy`` in the folder.
-        backbone_folder: causal kind only - the base LM to start from (default: random Qwen2
-            of the profile's shape with a tokenizer trained on ``texts``).
+        base: causal kind only - the base decoder to start from (default: a random decoder of
+            the profile's shape with a tokenizer trained on ``texts``).
 
     The folder's ``DONE.json`` summary has the loss curve's ends, cosine to the teacher, seconds.
     """
@@ -384,29 +357,19 @@ def train_leaf_student(
                  ("seed", "warmup_steps_frac", "grad_clip")}
     if kind == "causal":
         leaf_keys.update({k: getattr(profile, k) for k in ("vocab_size", "hidden_size", "num_layers", "num_heads",
-                                                           "num_kv_heads", "max_positions")})
-    config = {"kind": kind, "teacher": teacher_rev, "texts": texts_hash(texts), "profile": leaf_keys,
+                                                           "num_kv_heads", "intermediate_size", "max_positions")})
+    config = {"version": VERSION, "kind": kind, "teacher": teacher_rev, "texts": texts_hash(texts),
+              "profile": leaf_keys,
               "rotation": None if rotation is None else hashlib.sha256(rotation.tobytes()).hexdigest()[:12],
-              "backbone": None if backbone_folder is None else weights_revision(_weights_dir(backbone_folder)),
-              "order": f"length-grouped-{GROUP_BATCHES}"}
-    checkpoint_dir = artifacts_root() / f"{STAGE}-checkpoints" / config_hash(config)
+              "base": None if base is None or kind != "causal" else base.identity}
 
     def build(tmp: Path) -> dict:
         targets = embeddings if rotation is None else np.asarray(embeddings) @ rotation
-        if kind == "truncated":
-            student = truncated_student(teacher_st, profile.leaf_student_layers)
-            inference_length = student.max_seq_length
-            student.max_seq_length = profile.leaf_max_length
-        else:
-            backbone, tokenizer = _causal_backbone(profile, texts, backbone_folder)
-            student = causal_student(tokenizer, backbone, embeddings.shape[1], profile.leaf_max_length)
-        result = _fit(student, kind, texts, targets, profile, checkpoint_dir, progress)
-        student.eval()
-        if kind == "truncated":
-            student.max_seq_length = inference_length
-            student.save(str(tmp))
-        else:
-            student.save(tmp)  # Encoder.save replaces the (still empty) folder
+        student = (TruncatedStudent(teacher_st, profile) if kind == "truncated"
+                   else CausalStudent(profile, embeddings.shape[1], texts, base))
+        result = fit(student, texts, targets, profile, checkpoints=checkpoint_dir(STAGE, config), progress=progress)
+        student.model.eval()
+        student.save(tmp)
         if rotation is not None:
             np.save(tmp / "rotation.npy", rotation)
         losses = [row["loss"] for row in result.history]
@@ -414,40 +377,21 @@ def train_leaf_student(
         k = max(1, len(losses) // 10)
         return {"kind": kind, "steps": profile.leaf_steps, "first_loss": float(np.mean(losses[:k])),
                 "last_loss": float(np.mean(losses[-k:])), "train_seconds": result.seconds,
-                "n_parameters": sum(p.numel() for p in student.parameters()), "n_texts": len(texts)}
+                "n_parameters": sum(p.numel() for p in student.model.parameters()), "n_texts": len(texts)}
 
-    folder = cached(STAGE, config, build)
-    import shutil
-
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    return folder
-
-
-def _weights_dir(folder: str | Path) -> Path:
-    folder = Path(folder)
-    return folder / "backbone" if (folder / "backbone").is_dir() else folder
+    return cached(STAGE, config, build)
 
 
 def load_leaf_student(folder: str | Path, name: str | None = None) -> EmbeddingModel:
     """A trained student folder as an ``EmbeddingModel`` (SentenceTransformer or Encoder)."""
-    from .evaluate import from_encoder, load_sentence_transformer
-
     folder = Path(folder)
-    name = name or f"streamdistill/leaf-{folder.name}"
-    if (folder / "modules.json").exists():
-        return load_sentence_transformer(folder, name=name)
-    from .encoder import Encoder
-
-    return from_encoder(Encoder.load(folder), name=name, revision=weights_revision(folder))
+    return load_folder(folder, name=name or f"streamdistill/leaf-{folder.name}")
 
 
-def run_leaf(profile: Profile | str | None = None, *, kind: str = "truncated", progress: bool = True) -> tuple[Path, dict]:
-    """Pipeline / CLI entry (``streamdistill train leaf``): the profile's student; (folder, summary)."""
-    profile = get_profile(profile)
-    folder = train_leaf_student(kind, profile=profile, progress=progress)
-    summary = dict(read_done(folder)["summary"])
-    summary["folder"] = str(folder)
-    return folder, summary
+def run_leaf(profile: Profile | str | None = None, *, kind: str = "truncated", base: BaseModel | None = None,
+             progress: bool = True) -> Path:
+    """The stage entry (``streamdistill train leaf``): the profile's student's folder."""
+    return train_leaf_student(kind, profile=get_profile(profile), base=base, progress=progress)
 
 
 # --------------------------------------------------------------------------- asymmetric mode
@@ -465,8 +409,6 @@ def asymmetric_scores(student_model: EmbeddingModel, teacher_model: EmbeddingMod
     there "asymmetric" would just be the teacher again. ``retention[x] = score(x) / score(teacher)
     * 100`` per task, and for the mean over the tasks ``x`` was scored on.
     """
-    from .tasks import task_list, task_type
-
     profile = get_profile(profile)
     tasks = task_list(tasks)
     retrieval = [t for t in tasks if task_type(t) == "Retrieval"]
@@ -512,37 +454,6 @@ def pca_rotation(embeddings: np.ndarray) -> np.ndarray:
     return (vectors * np.where(signs == 0, 1.0, signs)).astype(np.float32)
 
 
-def _derived(model: EmbeddingModel, suffix: str, revision: str, encode, embed_dim: int | None) -> EmbeddingModel:
-    """A wrapper of ``model`` (routing by prompt type kept; never mteb's ST wrapper)."""
-    return EmbeddingModel(name=f"{model.name}-{suffix}", revision=f"{model.revision}-{revision}", encode=encode,
-                          embed_dim=embed_dim, n_parameters=model.n_parameters, max_tokens=model.max_tokens,
-                          extra={**model.extra, "base": model})
-
-
-def rotated(model: EmbeddingModel, rotation: np.ndarray) -> EmbeddingModel:
-    """``model``'s embeddings times the orthogonal ``rotation`` (cosines unchanged)."""
-    rotation = np.asarray(rotation, dtype=np.float32)
-
-    def encode(texts, prompt_type=None):
-        return np.asarray(model.encode(texts, prompt_type), dtype=np.float32) @ rotation
-
-    digest = hashlib.sha256(rotation.tobytes()).hexdigest()[:8]
-    return _derived(model, "pca", digest, encode, rotation.shape[1])
-
-
-def _normalize(x: np.ndarray) -> np.ndarray:
-    return x / np.clip(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12, None)
-
-
-def truncate(model: EmbeddingModel, dim: int) -> EmbeddingModel:
-    """The first ``dim`` dimensions of ``model``'s embeddings, renormalised."""
-
-    def encode(texts, prompt_type=None):
-        return _normalize(np.asarray(model.encode(texts, prompt_type), dtype=np.float32)[:, :dim])
-
-    return _derived(model, f"d{dim}", f"d{dim}", encode, dim)
-
-
 def truncation_curve(model: EmbeddingModel, dims: Sequence[int] = MRL_DIMS, tasks: Sequence[str] | str = ("SciFact",),
                      profile: Profile | str | None = None) -> dict[str, Any]:
     """Scores of ``truncate(model, d)`` for each ``d``: ``{"scores": {d: {task: s}}, "mean": {d: m}}``."""
@@ -551,57 +462,6 @@ def truncation_curve(model: EmbeddingModel, dims: Sequence[int] = MRL_DIMS, task
 
 
 # --------------------------------------------------------------------------- quantization
-
-
-@dataclass
-class Int8Quantizer:
-    """Per-dimension affine int8 codes: ``[lo, hi]`` maps onto ``[-128, 127]``."""
-
-    lo: np.ndarray
-    hi: np.ndarray
-
-    @property
-    def scale(self) -> np.ndarray:
-        return np.maximum(self.hi - self.lo, 1e-12) / 255.0
-
-    def quantize(self, x: np.ndarray) -> np.ndarray:
-        codes = np.round((np.asarray(x, dtype=np.float32) - self.lo) / self.scale) - 128.0
-        return np.clip(codes, -128, 127).astype(np.int8)
-
-    def dequantize(self, codes: np.ndarray) -> np.ndarray:
-        return ((codes.astype(np.float32) + 128.0) * self.scale + self.lo).astype(np.float32)
-
-    def digest(self) -> str:
-        return hashlib.sha256(self.lo.tobytes() + self.hi.tobytes()).hexdigest()[:8]
-
-
-def int8_quantizer(train_embeddings: np.ndarray) -> Int8Quantizer:
-    """Calibrate per-dimension min/max on training embeddings (never on test data)."""
-    x = np.asarray(train_embeddings, dtype=np.float32)
-    return Int8Quantizer(lo=x.min(0), hi=x.max(0))
-
-
-def quantized(model: EmbeddingModel, quantizer: Int8Quantizer) -> EmbeddingModel:
-    """``model`` scored through int8 codes (quantize, then dequantize for cosine scoring)."""
-
-    def encode(texts, prompt_type=None):
-        return quantizer.dequantize(quantizer.quantize(model.encode(texts, prompt_type)))
-
-    return _derived(model, "int8", quantizer.digest(), encode, model.embed_dim)
-
-
-def binarize(x: np.ndarray) -> np.ndarray:
-    """Sign codes as ±1 float32 (0 maps to +1); cosine on them is 1 - 2·hamming/D."""
-    return np.where(np.asarray(x) >= 0, 1.0, -1.0).astype(np.float32)
-
-
-def binarized(model: EmbeddingModel) -> EmbeddingModel:
-    """``model`` scored on the signs of its embeddings (±1 vectors, cosine)."""
-
-    def encode(texts, prompt_type=None):
-        return binarize(model.encode(texts, prompt_type))
-
-    return _derived(model, "binary", "sign", encode, model.embed_dim)
 
 
 def quantization_table(models: dict[str, EmbeddingModel], tasks: Sequence[str] | str,
@@ -613,8 +473,6 @@ def quantization_table(models: dict[str, EmbeddingModel], tasks: Sequence[str] |
     int8 is calibrated on ``calibration`` (an array for all models, or one per name); by default on
     the model's own embeddings of training texts (``data.training_texts``, never test splits).
     """
-    from .data import training_texts
-
     profile = get_profile(profile)
     scores: dict[str, dict[str, dict[str, float]]] = {}
     calib_texts = None
@@ -625,7 +483,7 @@ def quantization_table(models: dict[str, EmbeddingModel], tasks: Sequence[str] |
             calib = calibration
         else:
             if calib_texts is None:
-                calib_texts = training_texts(limit=200 if profile.name == "tiny" else 2000, seed=profile.seed)
+                calib_texts = training_texts(limit=profile.calibration_texts, seed=profile.seed)
             calib = model.encode(calib_texts, "document")
         variants = {"float32": model, "int8": quantized(model, int8_quantizer(calib)), "binary": binarized(model)}
         scores[name] = {p: evaluate_model(m, tasks, profile)["scores"] for p, m in variants.items()}
@@ -661,25 +519,3 @@ def throughput(models: dict[str, EmbeddingModel], texts: Sequence[str], batch_si
     return {name: {"texts_per_s": len(texts) / max(best[name], 1e-9), "seconds": best[name],
                    "n_parameters": models[name].n_parameters or 0, "texts": len(texts), "batch_size": batch_size}
             for name in models}
-
-
-# --------------------------------------------------------------------------- shared embeddings
-
-
-def memoized(model: EmbeddingModel) -> EmbeddingModel:
-    """The same model, remembering each text's vector (per prompt type) in memory.
-
-    Truncated, rotated and quantized variants of one model all start from its float vectors; with
-    the base memoized, a corpus is encoded once instead of once per variant.
-    """
-    memo: dict[tuple[str, str | None], np.ndarray] = {}
-
-    def encode(texts: list[str], prompt_type: str | None = None) -> np.ndarray:
-        missing = [t for t in dict.fromkeys(texts) if (t, prompt_type) not in memo]
-        if missing:
-            memo.update(zip(((t, prompt_type) for t in missing), np.asarray(model.encode(missing, prompt_type))))
-        return np.stack([memo[(t, prompt_type)] for t in texts])
-
-    return EmbeddingModel(name=model.name, revision=model.revision, encode=encode, embed_dim=model.embed_dim,
-                          n_parameters=model.n_parameters, max_tokens=model.max_tokens, st_model=model.st_model,
-                          extra={**model.extra, "memoized": True})

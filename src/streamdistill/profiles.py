@@ -72,10 +72,20 @@ class Profile:
     # classification / clustering repetitions (None = mteb's official 10); tiny only, for speed
     eval_experiments: int | None = None
 
+    # --- long-context retrieval (synthetic passkey / needle, LongEmbed style) ---
+    long_context_lengths: tuple[int, ...] = (256, 512, 1024, 2048, 4096)  # document lengths in words
+    long_context_docs: int = 20  # documents per length (LongEmbed uses 100)
+
     # --- streaming benchmark ---
     stream_prefix: int = 4096
     stream_delta: int = 128
     stream_updates: int = 20
+    stream_sweep_prefixes: tuple[int, ...] = (256, 512, 1024, 2048, 4096)  # latency against L
+    stream_sweep_updates: int = 3
+
+    # --- the book's measurements besides mteb ---
+    probe_texts: int = 500  # held-out texts for cosine and token-count measurements
+    throughput_texts: int = 1024  # texts per throughput measurement
 
     # --- LEAF ---
     # 500 steps x 32 texts: the 3-layer student measured 0.27 s/step on 2 cores with length-grouped
@@ -86,6 +96,11 @@ class Profile:
     leaf_lr: float = 2e-4
     leaf_student_layers: int = 3
     leaf_max_length: int = 128
+    leaf_grad_accum: int = 1
+    calibration_texts: int = 2000  # training texts the int8 quantizer is calibrated on
+    leaf_tasks: tuple[str, ...] = ("SciFact", "STSBenchmark", "SICK-R", "Banking77Classification", "MRPC")
+    mrl_dims: tuple[int, ...] = (32, 64, 128, 256, 384)
+    mrl_tasks: tuple[str, ...] = ("STSBenchmark", "SciFact")
 
 
 PROFILES: dict[str, Profile] = {
@@ -110,6 +125,8 @@ PROFILES: dict[str, Profile] = {
         task_max_samples=64,
         task_max_corpus=200,
         eval_experiments=2,
+        long_context_lengths=(64, 128),
+        long_context_docs=8,
         stream_prefix=256,
         stream_delta=32,
         stream_updates=4,
@@ -117,6 +134,14 @@ PROFILES: dict[str, Profile] = {
         leaf_batch_size=8,
         leaf_student_layers=1,
         leaf_max_length=32,
+        calibration_texts=200,
+        stream_sweep_prefixes=(64, 128, 256, 512),
+        stream_sweep_updates=2,
+        probe_texts=64,
+        throughput_texts=64,
+        leaf_tasks=("SciFact", "STSBenchmark", "MRPC"),
+        mrl_dims=(32, 384),
+        mrl_tasks=("STSBenchmark",),
     ),
     "cpu": Profile(name="cpu"),
     "paper": Profile(
@@ -152,7 +177,9 @@ def _coerce(name: str, raw: Any, current: Any, annotation: str) -> Any:
                 raise ValueError
             return raw.lower() in {"true", "1"}
         if isinstance(current, tuple):
-            return tuple(int(x) for x in raw.split(",") if x)
+            items = [x.strip() for x in raw.split(",") if x.strip()]
+            numeric = all(isinstance(v, int) for v in current) if current else all(x.lstrip("-").isdigit() for x in items)
+            return tuple(int(x) for x in items) if numeric else tuple(items)
         if isinstance(current, int) or annotation.startswith("int"):
             return int(raw)
         if isinstance(current, float) or annotation.startswith("float"):

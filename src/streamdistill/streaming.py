@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 import warnings
 from collections.abc import Sequence
@@ -46,22 +45,14 @@ import numpy as np
 import torch
 
 from .artifacts import ArtifactError, atomic_dir, atomic_write_json, load_tensors, save_tensors
+from .decoders import random_decoder
 from .encoder import Encoder, attention_bias, check_attention_implementation
+from .profiles import get_profile
+from .testing import tiny_tokenizer
 
 STATE_TENSORS = "state.safetensors"
 STATE_JSON = "state.json"
 STATE_FORMAT = 1
-
-
-def special_affixes(tokenizer) -> tuple[list[int], list[int]]:
-    """The ids a tokenizer adds before and after every text (``add_special_tokens=True``)."""
-    probe = "streaming probe"
-    bare = tokenizer(probe, add_special_tokens=False)["input_ids"]
-    full = tokenizer(probe, add_special_tokens=True)["input_ids"]
-    for start in range(len(full) - len(bare) + 1):
-        if full[start:start + len(bare)] == bare:
-            return list(full[:start]), list(full[start + len(bare):])
-    raise ValueError("the tokenizer's special tokens change the text's own tokens; cannot stream it")
 
 
 def _as_ids(ids: Sequence[int] | torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -98,7 +89,8 @@ class StreamingEncoder:
             )
         self.encoder = encoder.eval()
         self._checksum: list[float] | None = None
-        self.prefix_ids, self.suffix_ids = special_affixes(encoder.tokenizer)
+        template = encoder.template  # the special tokens encode() puts around a text
+        self.prefix_ids, self.suffix_ids = list(template.head), list(template.tail)
         self.reset()
 
     # --- the stream ---------------------------------------------------------------------------
@@ -380,6 +372,26 @@ class StreamingEncoder:
         return stream
 
 
+def chat_replay(encoder: Encoder, turns: Sequence[str]) -> list[dict[str, Any]]:
+    """A conversation appended turn by turn: per turn, its new tokens, the stream's length, the
+    append's and a full ``encode``'s milliseconds, and the cosine distance between the two vectors."""
+    stream = StreamingEncoder(encoder)
+    rows = []
+    with torch.inference_mode():
+        for k, turn in enumerate(turns, 1):
+            start = time.perf_counter()
+            cached = stream.append(turn)
+            append_ms = 1e3 * (time.perf_counter() - start)
+            start = time.perf_counter()
+            full = encoder.encode("".join(turns[:k]), max_length=stream.max_positions)
+            recompute_ms = 1e3 * (time.perf_counter() - start)
+            rows.append({"turn": turn.strip()[:48] + "...",
+                         "new tokens": len(encoder.tokenizer(turn, add_special_tokens=False)["input_ids"]),
+                         "tokens so far": stream.n_tokens, "append (ms)": append_ms, "recompute (ms)": recompute_ms,
+                         "cosine distance": _cosine_distance(cached, full)})
+    return rows
+
+
 # =============================================================================================
 # the streaming benchmark of the paper
 # =============================================================================================
@@ -391,8 +403,6 @@ class StreamingEncoder:
 # (L + D) / D (about 33 at L = 4096, D = 128): attention makes a recompute cost a little more than
 # linear in L, the per-call overhead of a small update a little more than its tokens.
 
-STREAM_MODELS = {"student": "C", "teacher": "B", "echo_model": "A+Echo"}
-WEIGHTS_ENV = "STREAMDISTILL_STREAM_WEIGHTS"  # "random" skips the pipeline (latency needs no training)
 METHODS = ("student_kv", "student_recompute", "teacher_recompute", "echo_recompute")
 
 
@@ -402,56 +412,20 @@ def _cosine_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def random_benchmark_encoders(profile, *, max_positions: int | None = None, seed: int = 0) -> dict[str, Encoder]:
-    """Randomly initialised student / teacher / Echo encoders of the profile's Qwen2 size.
+    """Randomly initialised student / teacher / Echo encoders of the profile's decoder shape.
 
-    One backbone (``profile`` hidden size, layers, heads, kv heads, intermediate size, vocabulary)
-    shared by the three: causal + mean (C), bidirectional + mean (B), causal + echo (A+Echo).
-    Latency does not depend on the weights, only on the architecture and the token counts.
-    ``max_positions`` defaults to the profile's; pass more to let Echo's doubled text fit.
+    One backbone (:func:`~streamdistill.decoders.random_decoder` of the profile) shared by the
+    three: causal + mean (C), bidirectional + mean (B), causal + echo (A+Echo). Latency does not
+    depend on the weights, only on the architecture and the token counts. ``max_positions``
+    defaults to the profile's; pass more to let Echo's doubled text fit.
     """
-    from .encoder import random_qwen2, tiny_tokenizer
-
-    lm = random_qwen2(profile.vocab_size, hidden=profile.hidden_size, intermediate=profile.intermediate_size,
-                      layers=profile.num_layers, heads=profile.num_heads, kv_heads=profile.num_kv_heads,
-                      max_positions=int(max_positions or profile.max_positions), seed=seed).eval()
     tokenizer = tiny_tokenizer(vocab_size=min(300, profile.vocab_size))
+    lm = random_decoder(profile, vocab_size=profile.vocab_size, max_positions=max_positions, seed=seed).eval()
     return {
         "student": Encoder(lm, tokenizer, attention="causal", pooling="mean").eval(),
         "teacher": Encoder(lm, tokenizer, attention="bidirectional", pooling="mean").eval(),
         "echo_model": Encoder(lm, tokenizer, attention="causal", pooling="echo").eval(),
     }
-
-
-def benchmark_encoders(profile, *, weights: str | None = None, max_positions: int | None = None,
-                       seed: int = 0) -> tuple[dict[str, Encoder], str]:
-    """``({"student": C, "teacher": B, "echo_model": A+Echo}, "trained" | "random")``.
-
-    ``weights="trained"`` loads the pipeline's stage models (training what is missing),
-    ``"random"`` builds :func:`random_benchmark_encoders`, ``None`` (default) reads
-    ``$STREAMDISTILL_STREAM_WEIGHTS`` and otherwise tries the pipeline, falling back to random
-    weights with a printed note when ``streamdistill.pipeline`` cannot be imported.
-    """
-    weights = weights or os.environ.get(WEIGHTS_ENV) or "auto"
-    if weights not in ("auto", "trained", "random"):
-        raise ValueError(f"weights must be auto, trained or random, got {weights!r}")
-    if weights != "random":
-        try:
-            from .pipeline import load_stage_encoder
-        except ImportError as exc:
-            if weights == "trained":
-                raise
-            print(f"streamdistill.pipeline is not importable ({exc}); the streaming benchmark uses RANDOMLY "
-                  "initialised models of the profile's size (latency does not depend on weights)")
-        else:
-            out = {}
-            for key, stage in STREAM_MODELS.items():
-                loaded = load_stage_encoder(stage, profile)
-                out[key] = (loaded[0] if isinstance(loaded, tuple) else loaded).eval()
-            return out, "trained"
-    else:
-        print("streaming benchmark: RANDOMLY initialised models of the profile's size "
-              "(latency does not depend on weights)")
-    return random_benchmark_encoders(profile, max_positions=max_positions, seed=seed), "random"
 
 
 def _embed_ids(encoder: Encoder, ids: torch.Tensor, pool_mask: torch.Tensor | None = None) -> np.ndarray:
@@ -473,16 +447,12 @@ def _embed_ids(encoder: Encoder, ids: torch.Tensor, pool_mask: torch.Tensor | No
 
 
 def _echo_ids(encoder: Encoder, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Echo's input for bare token ids: prompt + ids + middle + ids, pooling the second copy."""
-    from .encoder import ECHO_MIDDLE, ECHO_PREFIX
-
-    tok = encoder.tokenizer
-    prefix = torch.tensor(tok(ECHO_PREFIX, add_special_tokens=False)["input_ids"], dtype=torch.long)
-    middle = torch.tensor(tok(ECHO_MIDDLE, add_special_tokens=False)["input_ids"], dtype=torch.long)
-    full = torch.cat([prefix, ids, middle, ids])
-    pool = torch.zeros_like(full)
-    pool[len(full) - len(ids):] = 1
-    return full, pool
+    """Echo's input for bare token ids, laid out as ``encode`` does (the text's template), and the
+    mask of the second copy it pools."""
+    full, (start, end) = encoder.template.layout(ids.tolist(), echo=True)
+    pool = torch.zeros(len(full), dtype=torch.long)
+    pool[start:end] = 1
+    return torch.tensor(full, dtype=torch.long), pool
 
 
 def _token_stream(n: int, vocab: int, seed: int) -> torch.Tensor:
@@ -497,9 +467,8 @@ def _cache_mb(stream: StreamingEncoder) -> float:
 
 
 def stream_benchmark(profile=None, prefix: int | None = None, delta: int | None = None, updates: int | None = None,
-                     *, student: Encoder | None = None, teacher: Encoder | None = None,
-                     echo_model: Encoder | None = None, seed: int = 0, growing: bool = False,
-                     weights: str | None = None, verbose: bool = False) -> dict[str, Any]:
+                     *, student: Encoder, teacher: Encoder, echo_model: Encoder, seed: int = 0,
+                     growing: bool = False, weights: str = "given", verbose: bool = False) -> dict[str, Any]:
     """Latency of re-embedding a growing stream: the student's KV cache against recomputation.
 
     A seeded stream of ``prefix + updates * delta`` random token ids. The student appends the
@@ -513,10 +482,9 @@ def stream_benchmark(profile=None, prefix: int | None = None, delta: int | None 
     Same process, same thread count, methods interleaved within each update; one warm-up update
     (the first delta, rolled back) is excluded; latencies are medians over ``updates``.
     ``max_cosine_distance`` is the largest cosine distance between the KV-cache embedding and the
-    full recompute of the same ids. Encoders not given come from :func:`benchmark_encoders`.
+    full recompute of the same ids. ``weights`` labels the encoders in the result ("trained",
+    "random"); the registry's ``stream_encoders`` loads the book's.
     """
-    from .profiles import get_profile
-
     profile = get_profile(profile)
     L = int(prefix if prefix is not None else profile.stream_prefix)
     D = int(delta if delta is not None else profile.stream_delta)
@@ -524,13 +492,6 @@ def stream_benchmark(profile=None, prefix: int | None = None, delta: int | None 
     if L < 1 or D < 1 or U < 1:
         raise ValueError(f"prefix, delta and updates must be >= 1, got {L}, {D}, {U}")
     longest = L + (U * D if growing else D)
-    given = {"student": student, "teacher": teacher, "echo_model": echo_model}
-    weights_used = "given"
-    if any(v is None for v in given.values()):
-        loaded, weights_used = benchmark_encoders(profile, weights=weights, seed=seed,
-                                                  max_positions=max(profile.max_positions, 2 * longest + 64))
-        given = {k: v if v is not None else loaded[k] for k, v in given.items()}
-    student, teacher, echo_model = given["student"], given["teacher"], given["echo_model"]
     if teacher.attention != "bidirectional":
         warnings.warn(f"the teacher has attention={teacher.attention!r}, not bidirectional", stacklevel=2)
     if echo_model.pooling != "echo":
@@ -556,8 +517,9 @@ def stream_benchmark(profile=None, prefix: int | None = None, delta: int | None 
             new = deltas[max(u, 0)]
             if not growing or u == 0:
                 stream.load_state(at_prefix)
-            current = torch.cat([ids[:stream.n_tokens], new, closing])  # what encode() sees: text + closing tokens
-            echo_in, echo_pool = _echo_ids(echo_model, current)
+            bare = torch.cat([ids[:stream.n_tokens], new])
+            current = torch.cat([bare, closing])  # what encode() sees: text + closing tokens
+            echo_in, echo_pool = _echo_ids(echo_model, bare)
             echo_beyond |= len(echo_in) > echo_model.max_positions
 
             t0 = clock()
@@ -586,7 +548,7 @@ def stream_benchmark(profile=None, prefix: int | None = None, delta: int | None 
         "delta": D,
         "updates": U,
         "growing": bool(growing),
-        "weights": weights_used,
+        "weights": weights,
         "speedup_vs_teacher": latency["teacher_recompute"] / kv,
         "speedup_vs_echo": latency["echo_recompute"] / kv,
         "speedup_vs_recompute": latency["student_recompute"] / kv,
@@ -603,18 +565,10 @@ def stream_benchmark(profile=None, prefix: int | None = None, delta: int | None 
 
 
 def stream_sweep(profile=None, prefixes: Sequence[int] = (256, 512, 1024, 2048, 4096), delta: int = 128,
-                 updates: int | None = None, *, student: Encoder | None = None, teacher: Encoder | None = None,
-                 echo_model: Encoder | None = None, seed: int = 0, weights: str | None = None) -> list[dict[str, Any]]:
-    """:func:`stream_benchmark` at each prefix length (same encoders, loaded once): latency against L."""
-    from .profiles import get_profile
-
+                 updates: int | None = None, *, student: Encoder, teacher: Encoder, echo_model: Encoder,
+                 seed: int = 0, weights: str = "given") -> list[dict[str, Any]]:
+    """:func:`stream_benchmark` at each prefix length (the same encoders): latency against L."""
     profile = get_profile(profile)
-    prefixes = [int(p) for p in prefixes]
     updates = int(updates if updates is not None else min(profile.stream_updates, 5))
-    given = {"student": student, "teacher": teacher, "echo_model": echo_model}
-    if any(v is None for v in given.values()):
-        longest = max(prefixes) + delta
-        loaded, _ = benchmark_encoders(profile, weights=weights, seed=seed,
-                                       max_positions=max(profile.max_positions, 2 * longest + 64))
-        given = {k: v if v is not None else loaded[k] for k, v in given.items()}
-    return [stream_benchmark(profile, prefix=p, delta=delta, updates=updates, seed=seed, **given) for p in prefixes]
+    return [stream_benchmark(profile, prefix=int(p), delta=delta, updates=updates, seed=seed, weights=weights,
+                             student=student, teacher=teacher, echo_model=echo_model) for p in prefixes]

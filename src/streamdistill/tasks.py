@@ -4,7 +4,8 @@ Each mirrored dataset becomes an instance of a subclass of mteb's *official* tas
 name, metadata, main score, splits, subsets and evaluator settings are mteb's own; only where the
 rows come from changes. Two project-defined tasks fill the paper slice's types that have no mirror
 (MRPC pair classification, a clustering task derived from Banking77's test split), and a synthetic
-suite in the style of LongEmbed (passkey and needle retrieval) is generated locally.
+suite in the style of LongEmbed (passkey and needle retrieval, ``longcontext``) is generated locally.
+:func:`get_task` is the one lookup for every task name.
 
 The ``tiny`` profile subsamples every task deterministically (seeded), so tests stay fast; results
 of subsampled tasks are cached apart from full ones (see ``evaluate.py``).
@@ -13,7 +14,6 @@ of subsampled tasks are cached apart from full ones (see ``evaluate.py``).
 from __future__ import annotations
 
 import functools
-import os
 import random
 import warnings
 from typing import Any
@@ -21,7 +21,8 @@ from typing import Any
 import mteb
 from datasets import Dataset, DatasetDict
 
-from .data import MirrorError, data_dir, document_text, read_jsonl, read_qrels
+from .data import MIRROR_DATASETS, MirrorError, data_dir, document_text, hub_available, read_jsonl, read_qrels
+from .longcontext import SYNTHETIC_TASKS, synthetic_task
 from .profiles import Profile, get_profile
 
 
@@ -29,26 +30,8 @@ class TaskError(ValueError):
     """Unknown task or a task that cannot be loaded here."""
 
 
-# name -> where the rows live in the mirror and how the official task expects them
-MIRROR_DATASETS: dict[str, dict[str, Any]] = {
-    "SciFact": {"type": "Retrieval", "dir": "retrieval/SciFact"},
-    "STSBenchmark": {"type": "STS", "dir": "sts/STSBenchmark"},
-    "SICK-R": {"type": "STS", "dir": "sts/SICK-R"},
-    "STS12": {"type": "STS", "dir": "sts/STS12"},
-    "STS13": {"type": "STS", "dir": "sts/STS13"},
-    "STS14": {"type": "STS", "dir": "sts/STS14"},
-    "STS15": {"type": "STS", "dir": "sts/STS15"},
-    "STS16": {"type": "STS", "dir": "sts/STS16"},
-    "BIOSSES": {"type": "STS", "dir": "sts/BIOSSES"},
-    "Banking77Classification": {"type": "Classification", "dir": "classification/Banking77Classification"},
-    "AmazonCounterfactualClassification": {"type": "Classification", "dir": "classification/AmazonCounterfactualClassification", "subsets": ["en"]},
-    "EmotionClassification": {"type": "Classification", "dir": "classification/EmotionClassification"},
-    "TweetSentimentExtractionClassification": {"type": "Classification", "dir": "classification/TweetSentimentExtractionClassification"},
-    "MRPC": {"type": "PairClassification", "dir": "pairs/MRPC"},
-}
 OFFICIAL_TASKS = [n for n in MIRROR_DATASETS if n != "MRPC"]
 PROJECT_TASKS = ["MRPC", "Banking77Clustering"]
-SYNTHETIC_TASKS = ["SyntheticPasskeyRetrieval", "SyntheticNeedleRetrieval"]
 # the paper's slice, as far as the mirror covers it (ArguAna and RedditClustering have no mirror)
 PAPER_SLICE = ["SciFact", "STSBenchmark", "AmazonCounterfactualClassification", "MRPC", "Banking77Clustering"]
 MIRRORED_TASKS = OFFICIAL_TASKS + ["Banking77Clustering"]
@@ -56,10 +39,6 @@ MIRRORED_TASKS = OFFICIAL_TASKS + ["Banking77Clustering"]
 
 def task_names() -> list[str]:
     return OFFICIAL_TASKS + PROJECT_TASKS + SYNTHETIC_TASKS
-
-
-def hub_available() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0") not in {"1", "true", "True"}
 
 
 # --------------------------------------------------------------------------- subsampling
@@ -167,33 +146,35 @@ def _mirror_class(official_cls: type, kind: str, spec: dict, profile: Profile) -
 
 # --------------------------------------------------------------------------- project-defined tasks
 
+# name -> (the official task whose metadata is the template, what this project changes in it)
+PROJECT_METADATA: dict[str, tuple[str, dict[str, Any]]] = {
+    "MRPC": ("TwitterSemEval2015", {
+        "name": "MRPC",
+        "description": "Microsoft Research Paraphrase Corpus test split (1,725 pairs) as pair classification; "
+                       "defined by streamdistill (MRPC is not an MTEB task) from its offline mirror.",
+        "reference": "https://www.microsoft.com/en-us/download/details.aspx?id=52398",
+        "dataset": {"path": "streamdistill/mrpc", "revision": "mirror"},
+        "domains": ["News", "Written"],
+        "license": "not specified",
+        "bibtex_citation": "@inproceedings{dolan2005automatically, title={Automatically constructing a corpus of sentential paraphrases}, author={Dolan, William B. and Brockett, Chris}, booktitle={IWP}, year={2005}}",
+    }),
+    "Banking77Clustering": ("TwentyNewsgroupsClustering.v2", {
+        "name": "Banking77Clustering",
+        "description": "DERIVED HERE (not an MTEB task): Banking77's test split (3,080 queries, 77 intents) "
+                       "clustered by intent; stands in for RedditClustering, which the mirror lacks.",
+        "reference": "https://arxiv.org/abs/2003.04807",
+        "dataset": {"path": "streamdistill/banking77-clustering", "revision": "mirror"},
+        "domains": ["Written"],
+        "license": "cc-by-4.0",
+        "bibtex_citation": "@inproceedings{casanueva2020efficient, title={Efficient Intent Detection with Dual Sentence Encoders}, author={Casanueva, I{\\~n}igo and others}, booktitle={NLP4ConvAI}, year={2020}}",
+    }),
+}
+
+
 @functools.lru_cache(maxsize=None)
 def _project_metadata(name: str):
-    if name == "MRPC":
-        template = mteb.get_task("TwitterSemEval2015").metadata
-        return template.model_copy(update={
-            "name": "MRPC",
-            "description": "Microsoft Research Paraphrase Corpus test split (1,725 pairs) as pair classification; "
-                           "defined by streamdistill (MRPC is not an MTEB task) from its offline mirror.",
-            "reference": "https://www.microsoft.com/en-us/download/details.aspx?id=52398",
-            "dataset": {"path": "streamdistill/mrpc", "revision": "mirror"},
-            "domains": ["News", "Written"],
-            "license": "not specified",
-            "bibtex_citation": "@inproceedings{dolan2005automatically, title={Automatically constructing a corpus of sentential paraphrases}, author={Dolan, William B. and Brockett, Chris}, booktitle={IWP}, year={2005}}",
-        })
-    if name == "Banking77Clustering":
-        template = mteb.get_task("TwentyNewsgroupsClustering.v2").metadata
-        return template.model_copy(update={
-            "name": "Banking77Clustering",
-            "description": "DERIVED HERE (not an MTEB task): Banking77's test split (3,080 queries, 77 intents) "
-                           "clustered by intent; stands in for RedditClustering, which the mirror lacks.",
-            "reference": "https://arxiv.org/abs/2003.04807",
-            "dataset": {"path": "streamdistill/banking77-clustering", "revision": "mirror"},
-            "domains": ["Written"],
-            "license": "cc-by-4.0",
-            "bibtex_citation": "@inproceedings{casanueva2020efficient, title={Efficient Intent Detection with Dual Sentence Encoders}, author={Casanueva, I{\\~n}igo and others}, booktitle={NLP4ConvAI}, year={2020}}",
-        })
-    raise KeyError(name)
+    template, update = PROJECT_METADATA[name]
+    return mteb.get_task(template).metadata.model_copy(update=update)
 
 
 def _project_task(name: str, profile: Profile):
@@ -217,8 +198,6 @@ def get_task(name: str, profile: Profile | str | None = None):
     """An mteb task instance for ``name``: from the mirror, else the Hub, else synthetic."""
     profile = get_profile(profile)
     if name in SYNTHETIC_TASKS:
-        from .longcontext import synthetic_task
-
         return synthetic_task(name, profile)
     if name not in OFFICIAL_TASKS + PROJECT_TASKS:
         raise TaskError(f"unknown task {name!r}; available: {', '.join(task_names())}")

