@@ -31,3 +31,19 @@ def test_parameters_cell_reads_the_profile(path):
     assert len(tagged) == 1
     source = "".join(tagged[0]["source"])
     assert 'PROFILE = os.environ.get("STREAMDISTILL_PROFILE", "cpu")' in source
+
+
+def _code(path: Path) -> str:
+    return "\n".join("".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebooks_stay_thin(path):
+    """Warnings are filtered by category (the library's SYNTHETIC DATA warning must show), and sizes
+    come from profile fields, not from the profile's name."""
+    import re
+
+    code = _code(path)
+    assert not re.search(r"filterwarnings\(\s*[\"']ignore[\"']\s*\)", code), "a blanket warnings filter"
+    assert "simplefilter(" not in code
+    assert not re.search(r"profile\.name\s*[=!]=", code), "a profile-name check instead of a profile field"
