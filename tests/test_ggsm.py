@@ -244,3 +244,27 @@ def test_positions_beyond_max_len_are_refused():
     soft = SoftMask(max_len=3, t_warm=2, t_total=4)
     with pytest.raises(ValueError, match="max_len"):
         soft.watch(torch.zeros(1, 4, 2, requires_grad=True), torch.ones(1, 4))
+
+
+@pytest.mark.parametrize("architecture", ["qwen2", "llama"])
+def test_hook_leaves_a_real_decoders_gradients_bit_identical(architecture):
+    """The same on a decoder under the soft mask: watching the last hidden states changes no gradient."""
+    from streamdistill.encoder import Encoder, position_ids_from_mask
+    from streamdistill.testing import tiny_decoder, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    batch_ = Encoder(tiny_decoder(architecture, len(tok)), tok).tokenize(["the cat sat on the mat", "a dog"])
+    grads = []
+    for watched in (False, True):
+        encoder = Encoder(tiny_decoder(architecture, len(tok), seed=1), tok)
+        soft = SoftMask(max_len=16, t_warm=3, t_total=6)
+        out = encoder(**batch_, future_weights=soft.future_weights(0))
+        if watched:
+            mask = batch_["attention_mask"]
+            soft.watch(out["hidden"], mask, position_ids_from_mask(mask))
+        out["embedding"].pow(2).sum().backward()
+        grads.append([p.grad.clone() for p in encoder.parameters() if p.grad is not None])
+        if watched:
+            soft.update(0)
+            assert soft.n_updates == 1 and float(soft.importance.sum()) > 0
+    assert len(grads[0]) == len(grads[1]) and all(torch.equal(a, b) for a, b in zip(*grads))

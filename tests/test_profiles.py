@@ -4,7 +4,7 @@ from streamdistill.profiles import PROFILES, ProfileError, get_profile, parse_se
 
 
 def test_named_profiles_and_env_default(monkeypatch):
-    assert set(PROFILES) == {"tiny", "cpu", "paper"}
+    assert set(PROFILES) == {"tiny", "cpu", "gpu", "paper"}
     monkeypatch.setenv("STREAMDISTILL_PROFILE", "tiny")
     assert get_profile().name == "tiny"
     monkeypatch.delenv("STREAMDISTILL_PROFILE")
@@ -12,7 +12,7 @@ def test_named_profiles_and_env_default(monkeypatch):
 
 
 def test_unknown_profile_is_refused_with_the_list():
-    with pytest.raises(ProfileError, match="unknown profile 'huge'; choose one of: tiny, cpu, paper"):
+    with pytest.raises(ProfileError, match="unknown profile 'huge'; choose one of: tiny, cpu, gpu, paper"):
         get_profile("huge")
 
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from streamdistill.artifacts import ArtifactError
 from streamdistill.encoder import Encoder
-from streamdistill.testing import tiny_qwen2, tiny_tokenizer
+from streamdistill.testing import tiny_decoder, tiny_tokenizer
 from streamdistill.streaming import StreamingEncoder
 
 MAX_POSITIONS = 64
@@ -32,13 +32,33 @@ def tokenizer():
     return tiny_tokenizer()
 
 
-@functools.cache
+ARCH = "qwen2"
+
+
+@pytest.fixture(autouse=True, params=["qwen2", "llama"])
+def architecture(request):
+    """Every test runs on both decoder architectures: Qwen2 (the paper's) and Llama (SmolLM2's)."""
+    global ARCH
+    ARCH = request.param
+    yield request.param
+    ARCH = "qwen2"
+
+
 def model(seed: int = 0, impl: str = "sdpa"):
-    return tiny_qwen2(len(tokenizer()), max_positions=MAX_POSITIONS, seed=seed, attn_implementation=impl)
+    return _model(seed, impl, ARCH)
 
 
 @functools.cache
+def _model(seed: int, impl: str, arch: str):
+    return tiny_decoder(arch, len(tokenizer()), max_positions=MAX_POSITIONS, seed=seed, attn_implementation=impl)
+
+
 def encoder(pooling: str = "mean", projected: bool = True, seed: int = 0, impl: str = "sdpa") -> Encoder:
+    return _encoder(pooling, projected, seed, impl, ARCH)
+
+
+@functools.cache
+def _encoder(pooling: str, projected: bool, seed: int, impl: str, arch: str) -> Encoder:
     projection = None
     if projected:
         with torch.random.fork_rng(devices=[]):
@@ -164,13 +184,13 @@ def test_bidirectional_and_echo_are_refused():
 
 
 def test_streamed_text_matches_encode_with_closing_eos():
-    """The project's tokenizer ends every text with <eos>: the stream pools it too, without keeping it."""
-    from streamdistill.lm import train_tokenizer
+    """A tokenizer that ends every text with <eos>: the stream pools it too, without keeping it."""
+    from streamdistill.decoders import bpe_tokenizer
 
     corpus = ["the cat sat on the mat", "a dog ran in the park", "the river crossed the old bridge"] * 20
-    tok = train_tokenizer(corpus, vocab_size=300)
+    tok = bpe_tokenizer(corpus, 300, eos_ends_text=True)
     eos = tok.convert_tokens_to_ids("<eos>")
-    lm = tiny_qwen2(len(tok), max_positions=MAX_POSITIONS, seed=3)
+    lm = tiny_decoder(ARCH, len(tok), max_positions=MAX_POSITIONS, seed=3)
     for pooling in ("mean", "last"):
         enc = Encoder(lm, tok, attention="causal", pooling=pooling)
         stream = StreamingEncoder(enc)
@@ -199,7 +219,7 @@ def test_streamed_text_matches_encode_with_closing_eos():
         assert stream.n_tokens == len(tok(text, add_special_tokens=False)["input_ids"])
         assert cosine_distance(stream.append(" more"), enc.encode(text + " more")) <= 1e-6
     # the closing eos needs a position too: a stream must leave room for it
-    lm8 = tiny_qwen2(len(tok), max_positions=8, seed=3)
+    lm8 = tiny_decoder(ARCH, len(tok), max_positions=8, seed=3)
     closing = StreamingEncoder(Encoder(lm8, tok))
     with pytest.raises(ValueError, match="closing special tokens"):
         closing.append_ids(list(range(2, 10)))

@@ -102,6 +102,18 @@ def cmd_stream_bench(args) -> dict:
                             **encoders)
 
 
+def cmd_export(args) -> dict:
+    from .export import needs_encoder_module, to_sentence_transformer
+    from .registry import resolve_encoder
+
+    encoder = resolve_encoder(args.model, args.profile, parse_sets(args.set))
+    folder = to_sentence_transformer(encoder, args.to)
+    loads_with = ("SentenceTransformer(path, trust_remote_code=True)" if needs_encoder_module(encoder)
+                  else "SentenceTransformer(path)")
+    return {"model": args.model, "exported_to": str(folder), "attention": encoder.attention,
+            "pooling": encoder.pooling, "max_seq_length": encoder.max_length, "loads_with": loads_with}
+
+
 def cmd_book(args) -> dict:
     from .book import build_book
 
@@ -151,6 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--updates", type=int, help="number of updates")
     add_common(p)
     p.set_defaults(func=cmd_stream_bench)
+
+    p = sub.add_parser("export", help="write a model as a SentenceTransformer folder")
+    p.add_argument("model", help=f"a stage model ({', '.join(n for n in model_names() if '/' not in n)}) "
+                                 "or a streamdistill encoder folder")
+    p.add_argument("--to", required=True, help="destination folder")
+    add_common(p)
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("book", help="papermill every notebook of the toc, then jupyter-book build")
     p.add_argument("--profile", default=None, help=f"scale profile ({profiles})")

@@ -58,9 +58,10 @@ CONTRASTIVE_KEYS = ("train_steps", "batch_size", "max_length", "lr", "warmup_ste
 
 @dataclass
 class PairData:
-    """The training pairs and the plan every contrastive stage reads them by."""
+    """The training items ``(query, positive, hard negative or None)`` and the plan every
+    contrastive stage reads them by."""
 
-    pairs: list[tuple[str, str]]
+    pairs: list[tuple[str, str, str | None]]
     plan: BatchPlan
 
     def indices(self, step: int, micro: int) -> list[int]:
@@ -71,9 +72,11 @@ class PairData:
         return self.plan.used(steps)
 
 
-def pair_data(profile: Profile, pairs: list[tuple[str, str]] | None = None) -> PairData:
-    """The mirror's training pairs (or ``pairs``) in the order of ``profile.seed``."""
-    pairs = training_pairs(seed=DATA_SEED) if pairs is None else list(pairs)
+def pair_data(profile: Profile, pairs: list[tuple] | None = None) -> PairData:
+    """The mirror's training items from ``profile.pair_sources`` (or ``pairs``: 2- or 3-tuples) in
+    the order of ``profile.seed``."""
+    pairs = training_pairs(sources=tuple(profile.pair_sources), seed=DATA_SEED) if pairs is None else \
+        [tuple(p) + (None,) * (3 - len(p)) for p in pairs]
     order = EpochOrder(len(pairs), profile.seed)
     return PairData(pairs, BatchPlan(order, profile.batch_size, profile.grad_accum))
 
@@ -185,8 +188,11 @@ def train_contrastive(encoder: Encoder, profile: Profile, data: PairData, object
 
     def batch_fn(step: int, micro: int) -> dict:
         idx = data.indices(step, micro)
-        q = _tokenize(encoder, [data.pairs[i][0] for i in idx], profile.max_length)
-        d = _tokenize(encoder, [data.pairs[i][1] for i in idx], profile.max_length)
+        items = [data.pairs[i] for i in idx]
+        q = _tokenize(encoder, [item[0] for item in items], profile.max_length)
+        # the positives, then the hard negatives: extra rows every query is contrasted with
+        d = _tokenize(encoder, [item[1] for item in items] + [item[2] for item in items if item[2] is not None],
+                      profile.max_length)
         n_tokens = int(q["attention_mask"].sum() + d["attention_mask"].sum())
         return {"q": q, "d": d, "n_tokens": n_tokens, **objective.batch_extras(idx)}
 

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,13 +154,57 @@ CLASSIFICATION_TRAIN = [
     "classification/EmotionClassification/default/train.jsonl",
     "classification/TweetSentimentExtractionClassification/default/train.jsonl",
 ]
+PAIR_SOURCES = ("snli", "mrpc", "stsb", "scifact")  # what training_pairs can read (profile.pair_sources)
+
+
+def normalized(text: str) -> str:
+    """A text as overlap is checked: lower-cased, letters and digits only."""
+    return re.sub(r"[^a-z0-9]", "", text.lower())
+
+
+def evaluated_test_texts(root: Path | None = None) -> frozenset[str]:
+    """Every text of a *test* split this project evaluates on, :func:`normalized`.
+
+    The test splits of every STS set, MRPC and every classification set, and SciFact's test
+    queries. (A retrieval corpus is shared by all splits, so it is not a test text.) No training
+    material may contain one of them.
+    """
+    root = root if root is not None else data_dir(required=True)
+    return _evaluated_test_texts(root)
+
+
+@functools.lru_cache(maxsize=4)
+def _evaluated_test_texts(root: Path) -> frozenset[str]:
+    texts: list[str] = []
+    for name, spec in MIRROR_DATASETS.items():
+        if spec["type"] in ("STS", "PairClassification"):
+            texts += [t for r in read_jsonl(f"{spec['dir']}/test.jsonl", root) for t in (r["sentence1"], r["sentence2"])]
+        elif spec["type"] == "Classification":
+            for subset in spec.get("subsets") or ["default"]:
+                texts += [r["text"] for r in read_jsonl(f"{spec['dir']}/{subset}/test.jsonl", root)]
+        elif spec["type"] == "Retrieval":
+            test = set(read_qrels(f"{spec['dir']}/qrels/test.tsv", root))
+            texts += [q["text"] for q in read_jsonl(f"{spec['dir']}/queries.jsonl", root) if q["_id"] in test]
+    return frozenset(normalized(t) for t in texts)
+
+
+def _clean(items: list, root: Path) -> list:
+    """Items (texts or tuples of texts) with no empty text and none that is an evaluated test text."""
+    banned = evaluated_test_texts(root)
+    out = []
+    for item in items:
+        parts = [item] if isinstance(item, str) else [t for t in item if t is not None]
+        if all(t.strip() and normalized(t) not in banned for t in parts):
+            out.append(item)
+    return list(dict.fromkeys(out))
 
 
 def training_texts(root: Path | None = None, *, limit: int | None = None, seed: int = 0) -> list[str]:
-    """Every training text of the mirror (train splits and the SciFact corpus), deduplicated.
+    """Every training text of the mirror (train splits and the SciFact corpus), deduplicated,
+    without any evaluated test text (:func:`evaluated_test_texts`).
 
-    Used for the tokenizer, the base LM and the LEAF teacher cache. Without a mirror, a synthetic
-    corpus stands in and a warning says so.
+    Used for the LEAF teacher cache and int8 calibration. Without a mirror, a synthetic corpus
+    stands in and a warning says so.
     """
     root = root if root is not None else data_dir()
     if root is None:
@@ -173,7 +218,7 @@ def training_texts(root: Path | None = None, *, limit: int | None = None, seed: 
     texts += [document_text(d) for d in read_jsonl("retrieval/SciFact/corpus.jsonl", root)]
     train_qids = set(read_qrels("retrieval/SciFact/qrels/train.tsv", root))
     texts += [q["text"] for q in read_jsonl("retrieval/SciFact/queries.jsonl", root) if q["_id"] in train_qids]
-    texts = list(dict.fromkeys(t for t in texts if t.strip()))
+    texts = _clean(texts, root)
     random.Random(seed).shuffle(texts)
     return texts[:limit] if limit else texts
 
@@ -186,33 +231,71 @@ def data_fingerprint() -> str:
     return hashlib.sha256((root / "MANIFEST.json").read_bytes()).hexdigest()[:16]
 
 
-def training_pairs(root: Path | None = None, *, limit: int | None = None, seed: int = 0) -> list[tuple[str, str]]:
-    """Positive (query, document) pairs from training material only, shuffled with ``seed``.
+Item = tuple[str, str, str | None]  # (query, positive, hard negative or None)
 
-    MRPC train paraphrases, STSBenchmark train pairs scored >= 4, SciFact train claims with each
-    cited abstract, and SciFact title -> abstract pairs for every document no *test* claim cites.
-    (Train claims keep their cited abstracts, as BEIR's train split has them: 181 of the 283
-    documents test claims cite are also cited by a train claim.)
+
+def snli_triplets(root: Path | None = None) -> list[Item]:
+    """AllNLI-style (premise, entailed hypothesis, contradicting hypothesis) from SNLI dev and test.
+
+    Premises with both an entailment and a contradiction (the first of each, in file order);
+    rows with an evaluated test sentence are dropped (:func:`evaluated_test_texts`).
+    """
+    root = root if root is not None else data_dir(required=True)
+    by_premise: dict[str, dict[str, str]] = {}
+    for split in ("validation", "test"):
+        for r in read_jsonl(f"pairs/SNLI/{split}.jsonl", root):
+            by_premise.setdefault(r["sentence1"], {}).setdefault(r["label"], r["sentence2"])
+    triplets = [(p, h["entailment"], h["contradiction"]) for p, h in by_premise.items()
+                if "entailment" in h and "contradiction" in h]
+    return _clean(triplets, root)
+
+
+def _source_items(source: str, root: Path) -> list[Item]:
+    if source == "snli":
+        return snli_triplets(root)
+    if source == "mrpc":
+        return [(r["sentence1"], r["sentence2"], None) for r in read_jsonl("pairs/MRPC/train.jsonl", root) if r["label"] == 1]
+    if source == "stsb":
+        return [(r["sentence1"], r["sentence2"], None) for r in read_jsonl("sts/STSBenchmark/train.jsonl", root)
+                if r["score"] >= 4.0]
+    if source == "scifact":
+        corpus = {d["_id"]: d for d in read_jsonl("retrieval/SciFact/corpus.jsonl", root)}
+        queries = {q["_id"]: q["text"] for q in read_jsonl("retrieval/SciFact/queries.jsonl", root)}
+        items: list[Item] = []
+        for qid, docs in read_qrels("retrieval/SciFact/qrels/train.tsv", root).items():
+            items += [(queries[qid], document_text(corpus[d]), None) for d in docs if d in corpus]
+        test_relevant = {d for docs in read_qrels("retrieval/SciFact/qrels/test.tsv", root).values() for d in docs}
+        items += [(d["title"], d["text"], None) for d in corpus.values()
+                  if d.get("title") and d.get("text") and d["_id"] not in test_relevant]
+        return items
+    raise MirrorError(f"unknown pair source {source!r}; choose from: {', '.join(PAIR_SOURCES)}")
+
+
+def training_pairs(root: Path | None = None, *, sources: tuple[str, ...] = ("snli",), limit: int | None = None,
+                   seed: int = 0) -> list[Item]:
+    """(query, positive, hard negative or None) items from training material only, shuffled with ``seed``.
+
+    Sources (:data:`PAIR_SOURCES`): ``snli`` (:func:`snli_triplets`, the contradiction as a hard
+    negative), ``mrpc`` (train paraphrases), ``stsb`` (train pairs scored >= 4) and ``scifact``
+    (train claims with each cited abstract, and title -> abstract for every document no *test*
+    claim cites; train claims keep their cited abstracts, as BEIR's train split has them). No item
+    holds an evaluated test text. :func:`pair_mix` counts where they came from.
     """
     root = root if root is not None else data_dir()
     if root is None:
         return synthetic_pairs(limit or 1000, seed=seed)
-    pairs: list[tuple[str, str]] = []
-    pairs += [(r["sentence1"], r["sentence2"]) for r in read_jsonl("pairs/MRPC/train.jsonl", root) if r["label"] == 1]
-    pairs += [(r["sentence1"], r["sentence2"]) for r in read_jsonl("sts/STSBenchmark/train.jsonl", root) if r["score"] >= 4.0]
-    corpus = {d["_id"]: d for d in read_jsonl("retrieval/SciFact/corpus.jsonl", root)}
-    queries = {q["_id"]: q["text"] for q in read_jsonl("retrieval/SciFact/queries.jsonl", root)}
-    for qid, docs in read_qrels("retrieval/SciFact/qrels/train.tsv", root).items():
-        pairs += [(queries[qid], document_text(corpus[d])) for d in docs if d in corpus]
-    test_relevant = {d for docs in read_qrels("retrieval/SciFact/qrels/test.tsv", root).values() for d in docs}
-    pairs += [
-        (d["title"], d["text"])
-        for d in corpus.values()
-        if d.get("title") and d.get("text") and d["_id"] not in test_relevant
-    ]
-    pairs = list(dict.fromkeys(p for p in pairs if p[0].strip() and p[1].strip()))
-    random.Random(seed).shuffle(pairs)
-    return pairs[:limit] if limit else pairs
+    items: list[Item] = []
+    for source in sources:
+        items += _source_items(source, root)
+    items = _clean(items, root)
+    random.Random(seed).shuffle(items)
+    return items[:limit] if limit else items
+
+
+def pair_mix(sources: tuple[str, ...] = ("snli",), root: Path | None = None) -> dict[str, int]:
+    """How many training items each source gives (after cleaning), for the book's mix table."""
+    root = root if root is not None else data_dir(required=True)
+    return {source: len(_clean(_source_items(source, root), root)) for source in sources}
 
 
 # --------------------------------------------------------------------------- synthetic fallback
@@ -241,14 +324,14 @@ def synthetic_texts(n: int, seed: int = 0) -> list[str]:
     return [" and ".join(_sentence(rng)[0] for _ in range(rng.randint(1, 3))) + "." for _ in range(n)]
 
 
-def synthetic_pairs(n: int, seed: int = 0) -> list[tuple[str, str]]:
+def synthetic_pairs(n: int, seed: int = 0) -> list[Item]:
     """Pairs that share subject and object (a paraphrase-like relation a model can learn)."""
     _warn_synthetic("training pairs")
     rng = random.Random(seed)
-    out = []
+    out: list[Item] = []
     for _ in range(n):
         s, (a, _, c) = _sentence(rng)
-        out.append((s + ".", f"{_OBJECTS[c]} was {_VERBS[rng.randrange(len(_VERBS))]} by {_SUBJECTS[a]}."))
+        out.append((s + ".", f"{_OBJECTS[c]} was {_VERBS[rng.randrange(len(_VERBS))]} by {_SUBJECTS[a]}.", None))
     return out
 
 

@@ -45,7 +45,11 @@ def decoder_stack(backbone: nn.Module) -> nn.Module:
     return backbone
 
 
-def random_qwen2(
+ARCHITECTURES = ("llama", "qwen2")
+
+
+def random_causal_lm(
+    architecture: str,
     vocab_size: int,
     *,
     hidden: int,
@@ -58,26 +62,30 @@ def random_qwen2(
     attn_implementation: str = "sdpa",
     **config_kwargs,
 ):
-    """A randomly initialised ``Qwen2ForCausalLM`` (tied embeddings).
+    """A randomly initialised ``LlamaForCausalLM`` or ``Qwen2ForCausalLM`` (tied embeddings).
 
     The global RNG is left untouched (``fork_rng``), so building a model does not change anyone
-    else's randomness. ``config_kwargs`` go to ``Qwen2Config`` (e.g. ``pad_token_id``).
+    else's randomness. ``config_kwargs`` go to the config (e.g. ``pad_token_id``).
     """
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-    config = Qwen2Config(
+    classes = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}
+    if architecture not in classes:
+        raise ValueError(f"unknown architecture {architecture!r}; choose one of: {', '.join(classes)}")
+    config_cls, model_cls = classes[architecture]
+    config = config_cls(
         vocab_size=vocab_size, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
         num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=max_positions,
         tie_word_embeddings=True, attn_implementation=attn_implementation, **config_kwargs,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return Qwen2ForCausalLM(config)
+        return model_cls(config)
 
 
 def random_decoder(profile: Any, tokenizer=None, *, vocab_size: int | None = None, seed: int = 0,
                    max_positions: int | None = None):
-    """The one profile -> decoder builder: a random causal LM of the profile's shape.
+    """The one profile -> decoder builder: a random causal LM of the profile's architecture and shape.
 
     Hidden size, layers, heads, KV heads, intermediate size and positions come from ``profile``;
     the vocabulary and the special-token ids from ``tokenizer`` (or ``vocab_size`` without one).
@@ -85,12 +93,14 @@ def random_decoder(profile: Any, tokenizer=None, *, vocab_size: int | None = Non
     ids: dict[str, Any] = {}
     if tokenizer is not None:
         vocab_size = len(tokenizer)
-        ids = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id, "bos_token_id": None}
+        ids = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id,
+               "bos_token_id": tokenizer.bos_token_id}
     if vocab_size is None:
         raise ValueError("random_decoder needs a tokenizer or a vocab_size")
-    return random_qwen2(vocab_size, hidden=profile.hidden_size, intermediate=profile.intermediate_size,
-                        layers=profile.num_layers, heads=profile.num_heads, kv_heads=profile.num_kv_heads,
-                        max_positions=int(max_positions or profile.max_positions), seed=seed, **ids)
+    return random_causal_lm(profile.architecture, vocab_size, hidden=profile.hidden_size,
+                            intermediate=profile.intermediate_size, layers=profile.num_layers,
+                            heads=profile.num_heads, kv_heads=profile.num_kv_heads,
+                            max_positions=int(max_positions or profile.max_positions), seed=seed, **ids)
 
 
 def bpe_tokenizer(texts: Sequence[str], vocab_size: int, *, eos_ends_text: bool, padding_side: str = "right"):

