@@ -67,3 +67,23 @@ def test_leaf_student_trains_then_evaluates_against_its_teacher(tmp_path, capsys
     result = json.loads(out.read_text())
     assert set(result["scores"]) == set(result["teacher_scores"]) == set(result["asymmetric_scores"]) == {"SciFact"}
     assert result["retention"]["SciFact"] == pytest.approx(100 * result["scores"]["SciFact"] / result["teacher_scores"]["SciFact"])
+
+
+def test_gap_closure_writes_per_seed_scores_the_gap_its_error_the_interval_and_resolved(tmp_path, monkeypatch, capsys):
+    import streamdistill.pipeline as P
+
+    base = {"A": 50.0, "A+Echo": 50.5, "B": 55.0, "C": 53.0}
+
+    def fake(profile, models, tasks, seeds=None):
+        return {m: {s: {t: base[m] + 0.2 * s * (m != "A") + 0.1 * (t == "MRPC") for t in tasks}
+                    for s in (seeds or profile.seeds)} for m in models}
+
+    monkeypatch.setattr(P, "seeded_scores", fake)
+    out = tmp_path / "g.json"
+    assert main(["gap-closure", "--profile", "tiny", "--out", str(out)]) == 0
+    g = json.loads(out.read_text())
+    assert set(g["per_seed"]) >= {"A", "B", "C"} and set(g["per_seed"]["A"]) == {"0", "1"}
+    assert g["b_minus_a"]["mean"] == pytest.approx(5.1) and g["b_minus_a"]["se"] > 0
+    assert len(g["gap_closure_interval"]) == 2 and g["resolved"] is True
+    assert g["closure_verdict"][0] in ("holds", "does not hold", "not resolved")
+    assert g["echo_tasks"] == ["STSBenchmark", "AmazonCounterfactualClassification", "MRPC", "Banking77Clustering"]

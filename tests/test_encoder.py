@@ -397,3 +397,22 @@ def test_inference_device_reads_the_environment_then_the_gpu(monkeypatch):
     assert enc.inference_device() == "cuda"
     monkeypatch.setenv(enc.DEVICE_ENV, "cpu")
     assert enc.inference_device() == "cpu"
+
+
+def test_long_texts_are_cut_at_a_word_boundary_without_changing_the_tokens(tokenizers):
+    """Cutting a long document a margin past the budget before tokenizing keeps its first tokens."""
+    import random
+
+    from streamdistill.encoder import _head_words
+
+    tok = tokenizers["right"]
+    rng = random.Random(0)
+    words = ["the", "cat,", "sat", "on", "the", "mat.", "Streaming", "embeddings", "reuse", "the", "cache!", "42",
+             "naïve", "café", "x" * 40]
+    for _ in range(20):
+        text = " ".join(rng.choice(words) for _ in range(rng.randint(50, 400))).replace(" x", "\n\nx")
+        for budget in (3, 10, 40, 120):
+            full = tok(text, add_special_tokens=False)["input_ids"][:budget]
+            cut = tok(_head_words(text, budget + 16), add_special_tokens=False)["input_ids"][:budget]
+            assert full == cut
+    assert _head_words("short text", 5) == "short text"

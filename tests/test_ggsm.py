@@ -268,3 +268,49 @@ def test_hook_leaves_a_real_decoders_gradients_bit_identical(architecture):
             soft.update(0)
             assert soft.n_updates == 1 and float(soft.importance.sum()) > 0
     assert len(grads[0]) == len(grads[1]) and all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+def _warm(variant: str, steps: int = 3) -> SoftMask:
+    """A mask warmed on the same batches: texts of lengths 5, 3 and 2."""
+    ids, mask = batch()
+    soft = SoftMask(max_len=5, t_warm=steps, t_total=2 * steps, decay=0.5, variant=variant)
+    for step in range(steps):
+        torch.manual_seed(step)
+        _, pooled = Tiny()(ids, mask, soft)
+        pooled.pow(2).sum().backward()
+        soft.update(step)
+    soft.future_weights(steps)  # freeze
+    return soft
+
+
+def test_reach_counts_the_texts_that_reach_each_cell():
+    soft = _warm("ggsm", steps=1)
+    # one update with decay 0.5: reach = 0.5 * (texts where both i and j are real)
+    expected = torch.zeros(5, 5)
+    for n in (5, 3, 2):
+        expected[:n, :n] += 1
+    torch.testing.assert_close(soft.reach, 0.5 * expected.triu(1))
+    per_text = soft.importance_profile(per_text=True)
+    assert torch.isnan(per_text[0]) and torch.isfinite(per_text[1:]).all()
+
+
+def test_the_paper_mask_never_closes_a_cell_and_the_scaled_one_opens_and_closes():
+    plain, scaled = _warm("ggsm"), _warm("ggsm-scaled")
+    p, s = plain.frozen_summary(), scaled.frozen_summary()
+    assert p["min"] >= 0.5 and p["below_half"] == 0.0  # Delta >= 0: sigmoid(I) >= 0.5
+    assert s["min"] < 0.5 < s["max"] and 0 < s["below_half"] < 1
+    assert s["log_distance_from_linear"] > p["log_distance_from_linear"]
+    assert torch.equal(plain.importance, scaled.importance)  # same gradients observed, another read-out
+    # unreached cells stay at 0.5 in the scaled variant
+    unreached = scaled._future & ~scaled.reached()
+    assert not unreached.any() or torch.all(scaled.frozen[unreached] == 0.5)
+
+
+def test_softmask_saves_and_loads_its_whole_state(tmp_path):
+    soft = _warm("ggsm-scaled")
+    soft.save(tmp_path / "mask.safetensors")
+    back = SoftMask.load(tmp_path / "mask.safetensors")
+    assert (back.variant, back.t_warm, back.t_total, back.beta) == ("ggsm-scaled", 3, 6, 1.0)
+    for name in ("importance", "reach", "frozen"):
+        assert torch.equal(getattr(back, name), getattr(soft, name))
+    assert torch.equal(back.future_weights(4), soft.future_weights(4))

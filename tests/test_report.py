@@ -1,7 +1,9 @@
 """The paper's constants and every claim verdict: each outcome a verdict can take is tested."""
 
+import json
 import math
 
+import numpy as np
 import pytest
 
 from streamdistill import report as R
@@ -10,59 +12,116 @@ from streamdistill import report as R
 def test_gap_closure_arithmetic():
     assert R.gap_closure(50.0, 60.0, 56.81) == pytest.approx(0.681)
     assert math.isnan(R.gap_closure(50.0, 50.0, 55.0))
-    report = R.gap_closure_report({
-        "A": {"STSBenchmark": 50.0, "SciFact": 10.0},
-        "A+Echo": {"STSBenchmark": 52.0, "SciFact": 11.0},
-        "B": {"STSBenchmark": 60.0, "SciFact": 20.0},
-        "C": {"STSBenchmark": 58.0, "SciFact": 12.0},
-    })
-    assert report["gap_closure"] == pytest.approx((35 - 30) / (40 - 30))
-    assert report["gap_closure_by_type"] == {"Retrieval": pytest.approx(0.2), "STS": pytest.approx(0.8)}
-    assert report["student_minus_echo"] == pytest.approx(35 - 31.5)
-    assert R.gap_closure_verdict(report) == ("The student closes only 50 % of the A -> B gap of 10.00 points "
-                                             "(paper: 68.1 %). C beats A+Echo by 3.50 points (paper: +2.0) "
-                                             "while reading each text once (Echo reads it twice).")
+    assert R.type_means({"STSBenchmark": 50.0, "SICK-R": 60.0, "SciFact": 10.0}) == {"Retrieval": 10.0, "STS": 55.0}
 
 
-@pytest.mark.parametrize("a, b, c, echo, expected", [
-    (45.16, 45.76, 44.69, 45.56, ["does not hold at this scale", "-0.47 points against A", "+0.60 points above A",
-                                  "does not beat A+Echo here (-0.87 points"]),
-    (50.0, 49.0, 55.0, 40.0, ["B does not beat the causal baseline A here (B - A = -1.00 points)", "beats A+Echo by 15.00"]),
-    (50.0, 60.0, 59.0, 50.0, ["closes 90 % of the A -> B gap of 10.00 points, as much as the paper's 68.1 % or more"]),
-])
-def test_gap_closure_verdict_says_which_way_the_numbers_went(a, b, c, echo, expected):
-    report = R.gap_closure_report({"A": {"STSBenchmark": a}, "A+Echo": {"STSBenchmark": echo},
-                                   "B": {"STSBenchmark": b}, "C": {"STSBenchmark": c}})
-    verdict = R.gap_closure_verdict(report)
-    assert all(part in verdict for part in expected), verdict
+@pytest.mark.parametrize("c_minus, verdict", [
+    ({"A": (3.0, 0.5), "B": (2.0, 0.4)}, R.HOLDS), ({"A": (3.0, 0.5), "B": (-2.0, 0.4)}, R.DOES_NOT_HOLD),
+    ({"A": (3.0, 0.5), "B": (0.3, 0.4)}, R.NOT_RESOLVED)])
+def test_all_ahead_verdict_each_outcome(c_minus, verdict):
+    diffs = {k: R._difference(m, se * math.sqrt(3), 3, se, "test") for k, (m, se) in c_minus.items()}
+    got, sentence = R.all_ahead_verdict(diffs, "C on long documents")
+    assert got == verdict and "vs A +3.00 ± 0.50 points" in sentence
 
 
-def test_best_teacher_verdict_both_ways():
-    assert R.best_teacher_verdict({"B": 50.0, "B-hard": 49.0, "B-linear": 49.5}) == \
-        "GG-SM (B) is the best of the three teachers here"
-    assert R.best_teacher_verdict({"B": 50.0, "B-hard": 49.0, "B-linear": 50.25}) == \
-        "GG-SM (B) is not the best teacher here: B-linear is, by 0.25 points"
+def test_threshold_verdict_both_ways():
+    assert R.threshold_verdict(92.0, 90.0, "retention", "at least 90 %", " %")[0] == R.HOLDS
+    verdict, sentence = R.threshold_verdict(2.1, 6.5, "throughput", "the paper's lower figure", "×")
+    assert verdict == R.DOES_NOT_HOLD and sentence == "throughput: 2.1× (rule: the paper's lower figure)."
 
 
-@pytest.mark.parametrize("means, expected", [
-    ({"A": 10.0, "B": 12.0, "C": 15.0}, "The claim holds here: C (15.0) beats every other model (next: B, 12.0)."),
-    ({"A": 10.0, "B": 16.0, "C": 15.0}, "The claim does not hold here: C scores 15.0, below B (16.0)."),
-    ({"A": 10.0, "B": 16.0}, "The stage models are not available here, so the claim is not tested."),
-])
-def test_long_context_verdict_each_outcome(means, expected):
-    assert R.long_context_verdict(means) == expected
-
-
-@pytest.mark.parametrize("teacher_gain, student_gain, start", [
-    (3.0, 2.0, "Inherited: PCA ordering lets the teacher keep +3.0 points"),
-    (3.0, -1.0, "Not inherited here: PCA ordering helps the teacher at 32 dimensions (+3.0 points"),
-    (-5.0, 1.0, "PCA ordering does not help the teacher at 32 dimensions here (-5.0 points kept)"),
-])
-def test_mrl_verdict_each_outcome(teacher_gain, student_gain, start):
-    assert R.mrl_verdict(teacher_gain, student_gain, 32).startswith(start)
+def test_differences_and_seeded_tables():
+    seeded = _seeded([50, 51, 50.5], [55, 56, 54.5], [53, 54, 53.5], [51, 51.5, 50])
+    table = R.differences_table({"B − A": seeded["b_minus_a"], "C − A": seeded["c_minus_a"]})
+    assert list(table.index) == ["B − A", "C − A"] and bool(table.loc["B − A", "resolved"])
+    frame = R.seeded_table(seeded["per_seed_tasks"])
+    assert frame.loc["mean", "A"] == "40.50 ± 0.50" and frame.loc["STSBenchmark", "type"] == "STS"
+    partial = R.seeded_table({"A": {"0": {"STSBenchmark": 50.0, "SciFact": 10.0}, "1": {"STSBenchmark": 52.0, "SciFact": 12.0}},
+                              "E": {"0": {"STSBenchmark": 51.0}, "1": {"STSBenchmark": 53.0}}},
+                             means={"mean": ["STSBenchmark", "SciFact"], "mean, STS only": ["STSBenchmark"]})
+    assert partial.loc["SciFact", "E"] == "—" and partial.loc["mean", "E"] == "—"
+    assert partial.loc["mean, STS only", "E"] == "52.00 ± 1.41" and partial.loc["mean", "A"] == "31.00 ± 1.41"
 
 
 def test_harness_table_puts_the_public_scores_beside_ours():
     table = R.harness_table({"STSBenchmark": 82.0, "MRPC": 70.0}, {"STSBenchmark": 82.03})
     assert table.loc["STSBenchmark", "difference"] == pytest.approx(-0.03)
     assert math.isnan(table.loc["MRPC", "public leaderboard"]) and table.loc["MRPC", "type"] == "PairClassification"
+
+
+# --------------------------------------------------------------------------- seeds and intervals
+
+
+def test_paired_difference_gate_detectable_difference_and_seeds_needed():
+    d = R.paired_difference([55.0, 56.0, 57.0], [52.0, 53.0, 52.5])
+    assert d.mean == pytest.approx(3.5) and d.n == 3
+    assert d.se == pytest.approx(float(np.std([3.0, 3.0, 4.5], ddof=1)) / math.sqrt(3))
+    assert d.resolved and d.mdd == pytest.approx(2 * d.se) and d.ci[0] < d.mean < d.ci[1]
+    small = R.paired_difference([50.1, 50.9, 49.8], [50.0, 50.0, 50.0])
+    assert not small.resolved and small.sign() == 0
+    # seeds to resolve: the smallest n with 2 sd / sqrt(n) <= |mean|
+    n = small.seeds_to_resolve
+    assert 2 * small.sd / math.sqrt(n) <= abs(small.mean) < 2 * small.sd / math.sqrt(n - 1)
+    with pytest.raises(ValueError, match="at least two seeds"):
+        R.paired_difference([1.0], [0.0])
+
+
+def test_single_seed_differences_are_judged_against_root_two_pooled_spreads():
+    sd = R.pooled_sd({"A": [50.0, 51.0, 52.0], "B": [55.0, 55.5, 56.0]})
+    assert sd == pytest.approx(math.sqrt((2 * 1.0 + 2 * 0.25) / 4))
+    d = R.single_seed_difference(53.0, 50.0, sd)
+    assert d.se == pytest.approx(math.sqrt(2) * sd) and d.n == 1 and d.resolved == (3.0 >= 2 * d.se)
+    assert not R.single_seed_difference(50.5, 50.0, sd).resolved
+
+
+def test_fieller_interval_brackets_the_ratio_and_is_unbounded_without_a_gap():
+    lo, hi = R.fieller_interval([1.5, 2.5, 2.0], [3.0, 3.1, 4.5])
+    assert lo < 2.0 / np.mean([3.0, 3.1, 4.5]) < hi
+    assert R.fieller_interval([1.0, -1.0, 0.5], [0.2, -0.3, 0.1]) == (-math.inf, math.inf)
+
+
+def _seeded(a, b, c, echo=None):
+    models = {"A": a, "B": b, "C": c} | ({"A+Echo": echo} if echo else {})
+    return R.gap_closure_seeded({m: {s: {"STSBenchmark": v[s], "SciFact": v[s] - 20} for s in range(len(v))}
+                                 for m, v in models.items()})
+
+
+@pytest.mark.parametrize("a, b, c, verdict", [
+    ([50, 51, 50.5], [55, 56, 54.5], [53, 54, 53.5], R.HOLDS),           # closes ~64 %, interval above 0, holds 68 %
+    ([50, 51, 50.5], [55, 56, 54.5], [50.5, 51.2, 50.9], R.DOES_NOT_HOLD),  # closes little: interval below 68 %
+    ([50, 51, 50.5], [50.2, 50.8, 50.9], [53, 54, 53.5], R.NOT_RESOLVED),  # B - A within the noise
+    ([50, 51, 50.5], [53, 56, 52], [50, 54, 52], R.NOT_RESOLVED),         # interval holds 0 and 68 %
+])
+def test_gap_closure_over_seeds_for_every_outcome(a, b, c, verdict):
+    seeded = _seeded(a, b, c)
+    assert seeded["seeds"] == [0, 1, 2] and set(seeded["per_seed"]) == {"A", "B", "C"}
+    assert seeded["resolved"] == R.as_difference(seeded["b_minus_a"]).resolved
+    got, sentence = R.closure_verdict(seeded)
+    assert got == verdict, sentence
+    assert json.loads(json.dumps(seeded, default=float))  # what `streamdistill gap-closure --out` writes
+
+
+def test_per_type_closures_appear_only_where_that_types_gap_is_resolved():
+    per = {m: {s: {"STSBenchmark": v[s], "SciFact": w[s]} for s in range(3)}
+           for m, v, w in [("A", [50, 51, 50.5], [10, 10, 10]), ("B", [55, 56, 54.5], [10.5, 9.6, 10.1]),
+                           ("C", [53, 54, 53.5], [10, 10, 10])]}
+    by_type = R.gap_closure_seeded(per)["by_type"]
+    assert by_type["STS"]["resolved"] and by_type["STS"]["gap_closure"] == pytest.approx(3.0 / 4.67, abs=0.01)
+    assert not by_type["Retrieval"]["resolved"] and by_type["Retrieval"]["gap_closure"] is None
+
+
+@pytest.mark.parametrize("c, echo, verdict", [
+    ([53, 54, 53.5], [51, 51.5, 50], R.HOLDS), ([50, 51, 50.5], [53, 54, 53.5], R.DOES_NOT_HOLD),
+    ([53, 54, 53.5], [53.2, 53.6, 53.9], R.NOT_RESOLVED)])
+def test_difference_verdict_each_outcome(c, echo, verdict):
+    seeded = _seeded([50, 51, 50.5], [55, 56, 54.5], c, echo)
+    got, sentence = R.difference_verdict(seeded["c_minus_echo"], "C against A+Echo", "C is ahead", "A+Echo is ahead")
+    assert got == verdict and sentence.startswith("C against A+Echo")
+
+
+@pytest.mark.parametrize("values, higher, verdict", [
+    ([20, 22, 25], True, R.HOLDS), ([2, 3, 3.5], True, R.DOES_NOT_HOLD), ([3, 5, 6], True, R.NOT_RESOLVED),
+    ([1e-7, 3e-7], False, R.HOLDS), ([2e-6, 5e-6], False, R.DOES_NOT_HOLD)])
+def test_update_rule_verdict_each_outcome(values, higher, verdict):
+    got, stats = R.update_rule_verdict(values, 4.1 if higher else 1.19e-6, higher)
+    assert got == verdict and stats["min"] <= stats["median"] <= stats["max"]

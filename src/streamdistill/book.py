@@ -2,19 +2,25 @@
 
 Jupyter Book's own execution is off (``_config.yml``): papermill runs each source notebook in
 ``notebooks/`` with the profile as a parameter, writing the executed copy to ``book/notebooks/``,
-and stops at the first failing cell. The build then runs with warnings as errors.
+and stops at the first failing cell. Each notebook's wall time, and how many artifacts and mteb
+results it had to build (0 for a warm run), are merged into ``book/timings-<profile>.json``; the
+Reproducing page shows that file as a table (``book/_generated/timings.md``, written here before
+the build). The build then runs with warnings as errors.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import platform
 import re
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
-from .artifacts import repo_root
+from .artifacts import artifacts_root, atomic_write_json, atomic_write_text, repo_root
 
 TOC = Path("book") / "_toc.yml"
 
@@ -25,34 +31,57 @@ def toc_notebooks(root: Path | None = None) -> list[str]:
     return re.findall(r"file:\s*book/notebooks/([\w\-]+)", (root / TOC).read_text())
 
 
-def execute_notebooks(profile: str, root: Path | None = None, names: list[str] | None = None) -> dict[str, float]:
+def timings_path(profile: str, root: Path | None = None) -> Path:
+    return (root or repo_root()) / "book" / f"timings-{profile}.json"
+
+
+def _built_counts() -> tuple[int, int]:
+    """(artifacts, mteb result files) in the caches now: what a notebook built is the difference."""
+    from .evaluate import results_root
+
+    artifacts = sum(1 for _ in artifacts_root().glob("*/*/DONE.json")) if artifacts_root().exists() else 0
+    results = sum(1 for _ in results_root().rglob("*.json")) if results_root().exists() else 0
+    return artifacts, results
+
+
+def execute_notebooks(profile: str, root: Path | None = None, names: list[str] | None = None) -> dict[str, dict]:
+    """Run the notebooks (all of the toc, or ``names``) and merge their timings into the JSON."""
     import papermill
 
     root = root or repo_root()
     out_dir = root / "book" / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
-    seconds: dict[str, float] = {}
-    for stem in names or toc_notebooks(root):
+    stems = toc_notebooks(root)
+    unknown = [n for n in names or [] if n not in stems]
+    if unknown:
+        raise FileNotFoundError(f"not in the toc: {', '.join(unknown)}; the notebooks are {', '.join(stems)}")
+    path = timings_path(profile, root)
+    record = json.loads(path.read_text()) if path.exists() else {"profile": profile, "notebooks": {}}
+    runs: dict[str, dict] = {}
+    for stem in names or stems:
         src = root / "notebooks" / f"{stem}.ipynb"
         if not src.exists():
             raise FileNotFoundError(f"the toc lists {stem} but {src} does not exist")
+        before = _built_counts()
         started = time.perf_counter()
         print(f"[book] executing {src.name} (profile={profile})", file=sys.stderr, flush=True)
         papermill.execute_notebook(
             str(src), str(out_dir / src.name), parameters={"PROFILE": profile},
             cwd=str(root / "notebooks"), kernel_name="python3", progress_bar=False, log_output=False)
         hide_injected_parameters(out_dir / src.name)
-        seconds[stem] = round(time.perf_counter() - started, 1)
-        print(f"[book] {src.name}: {seconds[stem]} s", file=sys.stderr, flush=True)
-    return seconds
+        after = _built_counts()
+        runs[stem] = {"seconds": round(time.perf_counter() - started, 1), "artifacts_built": after[0] - before[0],
+                      "results_written": after[1] - before[1],
+                      "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        print(f"[book] {src.name}: {runs[stem]['seconds']} s", file=sys.stderr, flush=True)
+        record["notebooks"][stem] = runs[stem]
+        record["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
+        atomic_write_json(path, record)
+    return runs
 
 
 def hide_injected_parameters(path: Path) -> None:
     """Tag papermill's injected ``# Parameters`` cell ``remove-cell``: set-up, not reading."""
-    import json
-
-    from .artifacts import atomic_write_text
-
     nb = json.loads(Path(path).read_text())
     for cell in nb["cells"]:
         tags = cell.setdefault("metadata", {}).setdefault("tags", [])
@@ -61,16 +90,56 @@ def hide_injected_parameters(path: Path) -> None:
     atomic_write_text(path, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
 
 
-def build_book(profile: str = "cpu", execute: bool = True, root: Path | None = None) -> dict:
+def timings_table(profile: str, root: Path | None = None) -> str:
+    """The Reproducing page's table, in Markdown, from ``book/timings-<profile>.json``."""
+    path = timings_path(profile, root)
+    if not path.exists():
+        return f"No timings recorded for profile `{profile}` yet (`streamdistill book --profile {profile}` writes them).\n"
+    record = json.loads(path.read_text())
+    rows = ["| notebook | minutes | artifacts built | mteb results written | finished (UTC) |", "|---|---|---|---|---|"]
+    total = 0.0
+    for stem in toc_notebooks(root):
+        run = record["notebooks"].get(stem)
+        if run is None:
+            rows.append(f"| {stem} | not run | | | |")
+            continue
+        total += run["seconds"]
+        rows.append(f"| {stem} | {run['seconds'] / 60:.1f} | {run['artifacts_built']} | {run['results_written']} | "
+                    f"{run['finished'].replace('T', ' ').replace('+00:00', '')} |")
+    rows.append(f"| **sum** | **{total / 60:.1f}** | | | |")
+    machine = record.get("machine", {})
+    note = (f"\nProfile `{profile}`, recorded by `streamdistill book` in `book/timings-{profile}.json` on "
+            f"{machine.get('cpus', '?')} CPUs ({machine.get('platform', '?')}, Python {machine.get('python', '?')}).\n")
+    return "\n".join(rows) + "\n" + note
+
+
+def sizing_table(root: Path | None = None) -> str:
+    """The sizing measurements (``benchmarks/sizing.py`` wrote ``book/data/sizing.json``) in Markdown."""
+    path = (root or repo_root()) / "book" / "data" / "sizing.json"
+    if not path.exists():
+        return "No sizing measurement recorded (`python benchmarks/sizing.py --out book/data/sizing.json`).\n"
+    record = json.loads(path.read_text())
+    rows = ["| layers kept | precision | training step (s) | forward (tokens/s) |", "|---|---|---|---|"]
+    rows += [f"| {r['layers']} | {r['precision']} | {r['train_step_s']:.2f} | {r['forward_tokens_per_s']:,.0f} |"
+             for r in record["rows"]]
+    return "\n".join(rows) + (f"\n\nA training step: {record['batch']}; forward: {record['forward']}; "
+                              f"{record['threads']} threads, {record['cpus']} CPUs, measured {record['measured']}.\n")
+
+
+def build_book(profile: str = "cpu", execute: bool = True, root: Path | None = None,
+               names: list[str] | None = None, render: bool = True) -> dict:
     root = root or repo_root()
     started = time.perf_counter()
-    seconds = execute_notebooks(profile, root) if execute else {}
-    cmd = [sys.executable, "-m", "jupyter_book", "build", str(root), "--toc", str(root / TOC),
-           "--config", str(root / "_config.yml"), "--warningiserror", "--keep-going"]
+    runs = execute_notebooks(profile, root, names) if execute else {}
+    if not render:
+        return {"profile": profile, "notebooks": runs, "total_seconds": round(time.perf_counter() - started, 1)}
+    atomic_write_text(root / "book" / "_generated" / "timings.md", timings_table(profile, root))
+    atomic_write_text(root / "book" / "_generated" / "sizing.md", sizing_table(root))
     if not (Path(sys.executable).parent / "jupyter-book").exists():
         raise FileNotFoundError("jupyter-book is not installed in this environment (make book installs it)")
-    cmd = [str(Path(sys.executable).parent / "jupyter-book"), *cmd[3:]]
+    cmd = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(root), "--toc", str(root / TOC),
+           "--config", str(root / "_config.yml"), "--warningiserror", "--keep-going"]
     subprocess.run(cmd, check=True, cwd=root, env={**os.environ, "STREAMDISTILL_PROFILE": profile})
     html = root / "_build" / "html" / "index.html"
-    return {"profile": profile, "notebook_seconds": seconds, "html": str(html),
+    return {"profile": profile, "notebooks": runs, "html": str(html),
             "total_seconds": round(time.perf_counter() - started, 1)}

@@ -117,7 +117,9 @@ def cmd_export(args) -> dict:
 def cmd_book(args) -> dict:
     from .book import build_book
 
-    return build_book(get_profile(args.profile).name, execute=not args.no_execute)
+    names = [n.strip() for n in (args.only or "").split(",") if n.strip()] or None
+    return build_book(get_profile(args.profile).name, execute=not args.no_execute, names=names,
+                      render=not args.no_render)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -174,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("book", help="papermill every notebook of the toc, then jupyter-book build")
     p.add_argument("--profile", default=None, help=f"scale profile ({profiles})")
     p.add_argument("--no-execute", action="store_true", help="render the executed copies already in book/notebooks")
+    p.add_argument("--only", help="comma-separated notebooks to execute (their timings are merged into the JSON)")
+    p.add_argument("--no-render", action="store_true", help="execute only; do not run jupyter-book")
     p.add_argument("--out")
     p.set_defaults(func=cmd_book)
     return parser

@@ -40,8 +40,9 @@ from .train import TrainResult, stage_checkpoints, train
 # Bump a stage's version when its code changes what it builds: old artifacts are then not reused
 # (v2 of the contrastive stages: SciFact title->abstract pairs leave out documents test claims cite;
 # v2 of the teacher also: the GG-SM EMA decays every future cell, not only those a batch reached;
-# v3 of teacher-embeddings and student: held-out probe texts, the student's cosine to B over training).
-VERSIONS = {"causal": 2, "teacher": 2, "teacher-embeddings": 3, "student": 3}
+# v3 of teacher-embeddings and student: held-out probe texts, the student's cosine to B over training;
+# v3/v3/v4/v4: items with hard negatives, the soft mask saved with its reach and configuration).
+VERSIONS = {"causal": 3, "teacher": 3, "teacher-embeddings": 4, "student": 4}
 DATA_SEED = 0  # order of the mirror's pairs before the per-seed epoch permutations
 HELDOUT_PROBES = 128  # held-out texts the student is compared with its teacher on, during training
 PROBE_TEXTS = (
@@ -49,8 +50,8 @@ PROBE_TEXTS = (
     "Streaming reuses the cache.",
     "A red kite circled over the old bridge at dawn.",
 )
-CONTRASTIVE_KEYS = ("train_steps", "batch_size", "max_length", "lr", "warmup_steps_frac", "grad_clip",
-                    "grad_accum", "temperature", "false_negative_margin", "pooling", "seed")
+CONTRASTIVE_KEYS = ("train_steps", "batch_size", "max_length", "pair_sources", "lr", "warmup_steps_frac",
+                    "grad_clip", "grad_accum", "temperature", "false_negative_margin", "pooling", "seed")
 
 
 # ============================================================================ data
@@ -252,8 +253,10 @@ def _variant_config(profile: Profile, variant: str) -> dict:
     out: dict[str, Any] = {"variant": variant}
     if variant != "hard":
         out["ggsm_warm_frac"] = profile.ggsm_warm_frac
-    if variant == "ggsm":
+    if variant in ("ggsm", "ggsm-scaled"):
         out["ggsm_ema_decay"] = profile.ggsm_ema_decay
+    if variant == "ggsm-scaled":
+        out["ggsm_scaled_beta"] = profile.ggsm_scaled_beta
     if variant == "linear":
         out["linear_warm_weight"] = profile.linear_warm_weight
     return out
@@ -274,7 +277,8 @@ def _contrastive_stage(stage: str, profile: Profile, base: BaseModel, config: di
             encoder.attention = "bidirectional"  # inference: the fully open mask (w = 1 at t_total)
             soft.save(tmp / "softmask.safetensors")
             summary.update(variant=soft.variant, t_warm=soft.t_warm, t_total=soft.t_total,
-                           frozen_mean_future_weight=soft.mean_future_weight(soft.t_warm, profile.max_length))
+                           frozen_mean_future_weight=soft.mean_future_weight(soft.t_warm, profile.max_length),
+                           frozen=soft.frozen_summary())
         summary.update(_save_encoder(tmp, encoder, result))
         return summary
 

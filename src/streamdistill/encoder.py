@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -159,6 +160,20 @@ def attention_bias(
 # ---------------------------------------------------------------------------------------------
 # the text template: special tokens and Echo's pieces
 # ---------------------------------------------------------------------------------------------
+
+
+WORD_MARGIN = 16
+_WORD = re.compile(r"\S+")
+
+
+def _head_words(text: str, words: int) -> str:
+    """``text`` up to the end of its ``words``-th whitespace-separated word (all of it if shorter)."""
+    if len(text) < 8 * words:  # a text this short costs little to tokenize whole
+        return text
+    for count, match in enumerate(_WORD.finditer(text), 1):
+        if count == words:
+            return text[: match.end()]
+    return text
 
 
 class TruncationWarning(UserWarning):
@@ -333,7 +348,9 @@ class Encoder(nn.Module):
         budget = template.budget(max_length or self.max_length)  # text tokens
         if budget < 1:
             raise ValueError(f"max_length={max_length or self.max_length} leaves no room for text after special tokens")
-        bare = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        # a long document is cut before tokenizing, at a word boundary a margin past the budget: a token
+        # never spans two words, so the first `budget` tokens are those of the whole text
+        bare = self.tokenizer([_head_words(t, budget + WORD_MARGIN) for t in texts], add_special_tokens=False)["input_ids"]
         n_truncated = sum(len(x) > budget for x in bare)
         laid = [template.layout(x[:budget], echo=self.pooling == "echo") for x in bare]
         return [ids for ids, _ in laid], [span for _, span in laid], n_truncated

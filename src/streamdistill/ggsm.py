@@ -24,6 +24,16 @@ Indices ``i, j`` are *token positions* (``position_ids``), so left- and right-pa
 the same cells. Two ablations share the code path: ``hard`` (fully bidirectional from step 0) and
 ``linear`` (a constant ``warm_weight`` during warm-up, no gradient guidance, then the same schedule).
 
+``ggsm-scaled`` is *not the paper's method*: a variant that tests whether gradient guidance matters
+once it really shapes the mask. Delta is a raw sum of gradient norms (~0.02-0.1 per step at small
+scale), so ``sigmoid(I)`` stays within a hair of 0.5, and since Delta >= 0 no cell ever closes below
+0.5. ``ggsm-scaled`` centres and scales I over the reached future cells before the sigmoid,
+``w = sigmoid(beta * (I - mean) / std)``, so W spans both sides of 0.5 (about [0.1, 0.9] at
+beta = 1); cells no text reached stay at 0.5.
+
+Alongside I the mask keeps ``reach``, the same EMA of how many texts reach each cell, so the
+importance *per text* (``I / reach``) separates where gradients point from how long the texts are.
+
 Typical use inside a training loop (see :mod:`streamdistill.train`)::
 
     mask = SoftMask.from_profile(profile, max_len=profile.max_length)
@@ -48,7 +58,8 @@ import torch
 
 from .artifacts import ArtifactError, data_parallel_world, load_tensors, save_tensors
 
-VARIANTS = ("ggsm", "hard", "linear")
+VARIANTS = ("ggsm", "hard", "linear", "ggsm-scaled")
+GUIDED = ("ggsm", "ggsm-scaled")  # the variants that observe gradients
 
 
 class SoftMask:
@@ -59,9 +70,11 @@ class SoftMask:
         t_warm: first step of the schedule phase (end of warm-up); ``W`` is frozen here.
         t_total: first fully bidirectional step.
         decay: EMA decay ``d`` of the importance matrix.
-        variant: ``"ggsm"`` (the method), ``"hard"`` (bidirectional from step 0) or ``"linear"``
-            (constant ``warm_weight`` during warm-up, then the linear schedule).
+        variant: ``"ggsm"`` (the method), ``"hard"`` (bidirectional from step 0), ``"linear"``
+            (constant ``warm_weight`` during warm-up, then the linear schedule) or ``"ggsm-scaled"``
+            (not the paper's: I centred and scaled by ``beta`` before the sigmoid).
         warm_weight: the ``linear`` variant's future weight during warm-up.
+        beta: the ``ggsm-scaled`` variant's slope on the standardised importance.
     """
 
     def __init__(
@@ -72,6 +85,7 @@ class SoftMask:
         decay: float = 0.9,
         variant: str = "ggsm",
         warm_weight: float = 0.5,
+        beta: float = 1.0,
         device: torch.device | str = "cpu",
     ):
         if variant not in VARIANTS:
@@ -90,7 +104,9 @@ class SoftMask:
         self.decay = float(decay)
         self.variant = variant
         self.warm_weight = float(warm_weight)
+        self.beta = float(beta)
         self.importance = torch.zeros(max_len, max_len, device=device)
+        self.reach = torch.zeros(max_len, max_len, device=device)  # EMA of texts reaching each cell
         self.frozen: torch.Tensor | None = None  # W, set once at t_warm
         self.n_updates = 0  # EMA updates applied so far (diagnostic)
         # strictly-upper-triangular mask of future pairs (j > i); fixed, so built once
@@ -109,6 +125,7 @@ class SoftMask:
             decay=profile.ggsm_ema_decay,
             variant=variant,
             warm_weight=profile.linear_warm_weight,
+            beta=profile.ggsm_scaled_beta,
             **kw,
         )
 
@@ -125,6 +142,7 @@ class SoftMask:
     def to(self, device: torch.device | str) -> SoftMask:
         """Move the state to ``device`` (in place; returns self, like ``nn.Module.to``)."""
         self.importance = self.importance.to(device)
+        self.reach = self.reach.to(device)
         self._future = self._future.to(device)
         if self.frozen is not None:
             self.frozen = self.frozen.to(device)
@@ -134,17 +152,31 @@ class SoftMask:
 
     def is_warm(self, step: int) -> bool:
         """True while gradients are being observed (GG-SM warm-up); use it to skip ``watch``."""
-        return self.variant == "ggsm" and step < self.t_warm
+        return self.variant in GUIDED and step < self.t_warm
 
     @property
     def frozen_weights(self) -> torch.Tensor | None:
         """``W`` frozen at the end of warm-up (None before ``t_warm`` has been reached)."""
         return self.frozen
 
+    def reached(self) -> torch.Tensor:
+        """Future cells some text has reached during warm-up (``reach > 0``)."""
+        return self._future & (self.reach > 0)
+
     def _warm_weights(self) -> torch.Tensor:
-        """The warm-up weights: sigmoid(I) (ggsm) or the constant (linear) on future cells, 1 elsewhere."""
+        """The warm-up weights on future cells (1 elsewhere): sigmoid(I) (ggsm), sigmoid(beta * z(I))
+        over the reached cells (ggsm-scaled; unreached cells 0.5) or the constant (linear)."""
         if self.variant == "linear":
             future = torch.full_like(self.importance, self.warm_weight)
+        elif self.variant == "ggsm-scaled":
+            cells = self.reached()
+            z = torch.zeros_like(self.importance)
+            if int(cells.sum()) > 1:
+                values = self.importance[cells]
+                std = values.std()
+                if float(std) > 0:
+                    z = torch.where(cells, (self.importance - values.mean()) / std, z)
+            future = torch.sigmoid(self.beta * z)
         else:
             future = torch.sigmoid(self.importance)
         return torch.where(self._future, future, torch.ones_like(future))
@@ -189,7 +221,7 @@ class SoftMask:
         folds every observation of the optimiser step into the importance EMA. Does nothing
         when ``hidden`` does not require grad or gradients are not needed (hard/linear).
         """
-        if self.variant != "ggsm" or not hidden.requires_grad:
+        if self.variant not in GUIDED or not hidden.requires_grad:
             return
         B, L = hidden.shape[:2]
         valid = (
@@ -233,10 +265,11 @@ class SoftMask:
         if step >= self.t_warm:
             self._freeze()
             return
-        if self.variant != "ggsm" or not pending:
+        if self.variant not in GUIDED or not pending:
             return
         n = self.max_len
         delta = torch.zeros(n, n, device=self.device)
+        counts = torch.zeros(n, n, device=self.device)
         for norms, valid, positions in pending:
             B = norms.shape[0]
             pos = positions.to(self.device)
@@ -246,17 +279,22 @@ class SoftMask:
             V = torch.zeros(B, n, device=self.device).scatter_add_(1, pos, ok)
             G = torch.zeros(B, n, device=self.device).scatter_add_(1, pos, norms.to(self.device) * ok)
             delta += V.T @ G
+            counts += V.T @ V
         world = _data_parallel_world()
         if world > 1:
             # each process saw its shard; its per-token gradients are those of its *local* mean loss,
             # i.e. `world` times those of the global mean, so the mean over processes equals what
             # one process would measure on the whole batch (and every replica gets the same I)
             torch.distributed.all_reduce(delta)
+            torch.distributed.all_reduce(counts)
             delta /= world
+            counts /= world
         # The EMA runs over every future cell, as the method states it: a cell no sample of this
         # batch reached has Delta = 0 and decays towards 0 (w towards 0.5); past cells stay 0.
         ema = self.decay * self.importance + (1.0 - self.decay) * delta
         self.importance = torch.where(self._future, ema, self.importance)
+        reach = self.decay * self.reach + (1.0 - self.decay) * counts
+        self.reach = torch.where(self._future, reach, self.reach)
         self.n_updates += 1
 
     # ------------------------------------------------------------------ diagnostics
@@ -276,14 +314,37 @@ class SoftMask:
         return float(w[self._future[:length, :length]].mean())
 
     @torch.no_grad()
-    def importance_profile(self) -> torch.Tensor:
+    def importance_profile(self, per_text: bool = False) -> torch.Tensor:
         """Mean importance per key position ``j`` over the queries ``i < j`` (length max_len).
 
-        Position 0 has no earlier query and reports 0.
+        With ``per_text`` each cell is first divided by how many texts reached it (``reach``), so
+        the profile shows where gradients point rather than how many texts are that long; cells no
+        text reached are left out (NaN where none of a position's cells was reached). Position 0 has
+        no earlier query and reports 0 (NaN per text).
         """
+        if per_text:
+            cells = self.reached()
+            ratio = torch.where(cells, self.importance / self.reach.clamp(min=1e-12), torch.zeros_like(self.importance))
+            n = cells.sum(0)
+            return torch.where(n > 0, ratio.sum(0) / n.clamp(min=1), torch.full_like(ratio[0], float("nan"))).cpu()
         sums = (self.importance * self._future).sum(0)
         counts = torch.arange(self.max_len, device=self.device).clamp(min=1)
         return (sums / counts).cpu()
+
+    @torch.no_grad()
+    def frozen_summary(self) -> dict[str, float]:
+        """The frozen W over the reached future cells: min, max, mean, and its distance from the
+        ``linear`` variant's constant 0.5 as a mean |log W - log 0.5| in nats (the attention bias
+        differs by that much). Empty before the freeze."""
+        if self.frozen is None:
+            return {}
+        cells = self.reached()
+        if not bool(cells.any()):
+            cells = self._future
+        w = self.frozen[cells].double()
+        return {"min": float(w.min()), "max": float(w.max()), "mean": float(w.mean()),
+                "below_half": float((w < 0.5).double().mean()),
+                "log_distance_from_linear": float((w.log() - math.log(0.5)).abs().mean()), "cells": int(cells.sum())}
 
     # ------------------------------------------------------------------ persistence
 
@@ -291,12 +352,14 @@ class SoftMask:
         """Tensors (importance, frozen W) plus the config scalars; enough to resume exactly."""
         state: dict[str, Any] = {
             "importance": self.importance.detach().clone(),
+            "reach": self.reach.detach().clone(),
             "max_len": self.max_len,
             "t_warm": self.t_warm,
             "t_total": self.t_total,
             "decay": self.decay,
             "variant": self.variant,
             "warm_weight": self.warm_weight,
+            "beta": self.beta,
             "n_updates": self.n_updates,
         }
         if self.frozen is not None:
@@ -308,13 +371,15 @@ class SoftMask:
         for key in ("max_len", "t_warm", "t_total", "variant"):
             if key in state and state[key] != getattr(self, key):
                 raise ValueError(f"SoftMask state has {key}={state[key]!r} but this mask has {getattr(self, key)!r}")
-        for key in ("decay", "warm_weight"):
+        for key in ("decay", "warm_weight", "beta"):
             if key in state and not math.isclose(float(state[key]), getattr(self, key)):
                 raise ValueError(f"SoftMask state has {key}={state[key]!r} but this mask has {getattr(self, key)!r}")
         importance = state["importance"]
         if tuple(importance.shape) != (self.max_len, self.max_len):
             raise ValueError(f"importance of shape {tuple(importance.shape)} does not fit max_len={self.max_len}")
         self.importance = importance.detach().clone().float().to(self.device)
+        reach = state.get("reach")
+        self.reach = torch.zeros_like(self.importance) if reach is None else reach.detach().clone().float().to(self.device)
         frozen = state.get("frozen")
         self.frozen = None if frozen is None else frozen.detach().clone().float().to(self.device)
         self.n_updates = int(state.get("n_updates", 0))
@@ -339,7 +404,8 @@ class SoftMask:
             raise ArtifactError(f"{path} holds no SoftMask configuration (written by an older version); rebuild it")
         scalars = json.loads(raw)
         mask = cls(max_len=scalars["max_len"], t_warm=scalars["t_warm"], t_total=scalars["t_total"],
-                   decay=scalars["decay"], variant=scalars["variant"], warm_weight=scalars["warm_weight"])
+                   decay=scalars["decay"], variant=scalars["variant"], warm_weight=scalars["warm_weight"],
+                   beta=scalars.get("beta", 1.0))
         mask.load_state_dict({**scalars, **tensors})
         return mask
 

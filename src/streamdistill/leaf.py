@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from .artifacts import artifacts_root, atomic_write_bytes, atomic_write_json, cached, checkpoint_dir, config_hash, read_done
-from .data import training_texts
+from .data import data_fingerprint, training_texts
 from .decoders import BaseModel, bpe_tokenizer, random_decoder
 from .encoder import Encoder, TruncationWarning
 from .evaluate import evaluate_model
@@ -382,6 +382,79 @@ def train_leaf_student(
     return cached(STAGE, config, build)
 
 
+# --------------------------------------------------------------------------- fine-tuned teachers (MRL)
+
+FINETUNE_STAGE = "teacher-finetune"
+FINETUNE_VERSION = 1
+
+
+def finetune_teacher(profile: Profile | str | None = None, *, matryoshka: bool, teacher=None,
+                     progress: bool = True) -> Path:
+    """all-MiniLM-L6-v2 (or ``teacher``) fine-tuned on the mirror's training pairs; a SentenceTransformer folder.
+
+    The loss is sentence-transformers' in-batch ``MultipleNegativesRankingLoss`` (scale 20, i.e.
+    temperature 0.05), wrapped in ``MatryoshkaLoss`` over ``profile.mrl_dims`` when ``matryoshka``:
+    the MRL teacher. The plain teacher of the comparison is fine-tuned the same way without the
+    wrapper, so fine-tuning is not confounded with MRL. Trained through the one training loop
+    (``finetune_steps`` steps of ``finetune_batch_size`` pairs, ``finetune_lr``), seeded.
+    """
+    from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss, MultipleNegativesRankingLoss
+
+    from .data import training_pairs
+
+    profile = get_profile(profile)
+    teacher_st, teacher_rev, _ = load_teacher(teacher)
+    dims = sorted({int(d) for d in profile.mrl_dims if d <= teacher_st.get_embedding_dimension()}, reverse=True)
+    sources = tuple(profile.finetune_sources)
+    config = {"version": FINETUNE_VERSION, "teacher": teacher_rev, "matryoshka": dims if matryoshka else None,
+              "steps": profile.finetune_steps, "batch_size": profile.finetune_batch_size, "lr": profile.finetune_lr,
+              "sources": sources, "seed": profile.seed, "max_length": profile.leaf_max_length,
+              "data": data_fingerprint()}
+
+    def build(tmp: Path) -> dict:
+        import copy
+
+        model = copy.deepcopy(teacher_st).to("cpu")
+        max_length = model.max_seq_length
+        model.max_seq_length = profile.leaf_max_length
+        pairs = [(q, d) for q, d, _ in training_pairs(sources=sources, seed=0)]
+        plan = BatchPlan(EpochOrder(len(pairs), profile.seed), profile.finetune_batch_size)
+        base_loss = MultipleNegativesRankingLoss(model)
+        loss_module = MatryoshkaLoss(model, base_loss, matryoshka_dims=dims) if matryoshka else base_loss
+
+        def batch_fn(step: int, micro: int) -> dict:
+            idx = plan.indices(step, micro)
+            feats = [{k: v for k, v in model.preprocess([pairs[i][col] for i in idx]).items()
+                      if isinstance(v, torch.Tensor)} for col in (0, 1)]
+            return {"features": feats, "n_tokens": int(sum(f["attention_mask"].sum() for f in feats))}
+
+        def loss_fn(module, batch, step):
+            return loss_module(batch["features"], torch.zeros(0)), {}
+
+        result = train(model, loss_fn, batch_fn, steps=profile.finetune_steps, lr=profile.finetune_lr,
+                       warmup_frac=0.1, grad_clip=profile.grad_clip, seed=profile.seed, progress=progress,
+                       desc="mrl teacher" if matryoshka else "plain teacher",
+                       **stage_checkpoints(checkpoint_dir(FINETUNE_STAGE, config), profile.finetune_steps))
+        model.max_seq_length = max_length
+        model.eval()
+        model.save(str(tmp))
+        atomic_write_json(tmp / "history.json", result.history)
+        losses = [row["loss"] for row in result.history]
+        k = max(1, len(losses) // 10)
+        return {"matryoshka_dims": dims if matryoshka else None, "pairs": len(pairs), "steps": profile.finetune_steps,
+                "first_loss": float(np.mean(losses[:k])), "last_loss": float(np.mean(losses[-k:])),
+                "seconds": result.seconds}
+
+    return cached(FINETUNE_STAGE, config, build)
+
+
+def random_rotation(dim: int, seed: int = 0) -> np.ndarray:
+    """A random orthogonal (dim, dim) matrix (QR of a seeded Gaussian): the control for PCA ordering,
+    which mixes every dimension into every other and so orders none."""
+    q, r = np.linalg.qr(np.random.default_rng(seed).standard_normal((dim, dim)))
+    return (q * np.sign(np.diag(r))).astype(np.float32)
+
+
 def load_leaf_student(folder: str | Path, name: str | None = None) -> EmbeddingModel:
     """A trained student folder as an ``EmbeddingModel`` (SentenceTransformer or Encoder)."""
     folder = Path(folder)
@@ -427,6 +500,71 @@ def asymmetric_scores(student_model: EmbeddingModel, teacher_model: EmbeddingMod
         base = _mean({t: teacher[t] for t in scores[key]})
         own["mean"] = 100.0 * _mean(scores[key]) / base if scores[key] and base else float("nan")
     return {"scores": scores, "mean": {k: _mean(s) for k, s in scores.items()}, "retention": retention}
+
+
+def retention_summary(runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Over a student's seeds (``runs[seed]`` = :func:`asymmetric_scores`): retention of the teacher's
+    mean score (mean and sd), SciFact means, the asymmetric pair minus the student alone on the
+    retrieval tasks (paired over seeds), and a table of mean scores."""
+    import pandas as pd
+
+    from .stats import paired_difference
+
+    seeds = sorted(runs)
+    retention = [runs[s]["retention"]["student"]["mean"] for s in seeds]
+    retrieval = sorted(runs[seeds[0]]["scores"]["asymmetric"])
+    asym = [_mean({t: runs[s]["scores"]["asymmetric"][t] for t in retrieval}) for s in seeds]
+    alone = [_mean({t: runs[s]["scores"]["student"][t] for t in retrieval}) for s in seeds]
+    table = pd.DataFrame({key: pd.DataFrame([runs[s]["scores"][key] for s in seeds]).mean() for key in
+                          ("teacher", "student", "asymmetric")})
+    table.loc["mean"] = [_mean(table[c].dropna().to_dict()) for c in table.columns]
+    sci = {key: float(np.mean([runs[s]["scores"][key]["SciFact"] for s in seeds])) for key in
+           ("teacher", "student", "asymmetric")} if "SciFact" in retrieval else {}
+    return {"seeds": seeds, "retention": {"mean": float(np.mean(retention)), "sd": float(np.std(retention, ddof=1))
+                                          if len(seeds) > 1 else float("nan"), "per_seed": retention},
+            "asymmetric_minus_student": paired_difference(asym, alone).as_dict(), "retrieval_tasks": retrieval,
+            "scifact": sci, "table": table}
+
+
+def mrl_experiment(profile: Profile | str | None = None) -> dict[str, Any]:
+    """The MRL comparison: all-MiniLM-L6-v2 fine-tuned with and without MatryoshkaLoss, a truncated
+    LEAF student distilled from each, and two rotations of the plain teacher (PCA-ordered, random).
+
+    Returns truncation curves (mean over ``mrl_tasks`` per dimension) of the six models, the share
+    of the full-width score each keeps at the smallest dimension, quantization means of the four
+    models of the comparison, and ``spread``: the seed standard deviation of the kept share of the
+    main truncated student over ``leaf_seeds`` (the noise single-seed comparisons are judged by).
+    """
+    from dataclasses import replace
+
+    from .models import memoized, rotated
+
+    profile = get_profile(profile)
+    tasks = list(profile.mrl_tasks)
+    dims = sorted(int(d) for d in profile.mrl_dims)
+    teachers = {kind: finetune_teacher(profile, matryoshka=kind == "MRL") for kind in ("MRL", "plain")}
+    models: dict[str, EmbeddingModel] = {}
+    for kind, folder in teachers.items():
+        models[f"teacher ({kind})"] = memoized(load_folder(folder, name=f"streamdistill/minilm-{kind.lower()}-ft"))
+        student = train_leaf_student("truncated", teacher=folder, profile=profile)
+        models[f"student ({kind} teacher)"] = memoized(load_leaf_student(student))
+    plain = models["teacher (plain)"]
+    calibration = np.asarray(plain.encode(training_texts(limit=profile.calibration_texts, seed=profile.seed), "document"))
+    models["teacher (plain, PCA-rotated)"] = rotated(plain, pca_rotation(calibration), "pca")
+    models["teacher (plain, randomly rotated)"] = rotated(plain, random_rotation(calibration.shape[1], profile.seed), "random")
+    curves = {name: truncation_curve(m, dims, tasks, profile)["mean"] for name, m in models.items()}
+    smallest = dims[0]
+    kept = {name: 100.0 * c[smallest] / c[dims[-1]] for name, c in curves.items()}
+    four = {k: models[k] for k in ("teacher (MRL)", "student (MRL teacher)", "teacher (plain)", "student (plain teacher)")}
+    quant = quantization_table(four, tasks, profile)["mean"]
+    spread_runs = []
+    for seed in profile.leaf_seeds:
+        folder = train_leaf_student("truncated", profile=replace(profile, seed=seed))
+        curve = truncation_curve(memoized(load_leaf_student(folder)), (smallest, dims[-1]), tasks, profile)["mean"]
+        spread_runs.append(100.0 * curve[smallest] / curve[dims[-1]])
+    return {"dims": dims, "tasks": tasks, "curves": curves, "kept": kept, "smallest": smallest,
+            "quantization": quant, "spread": float(np.std(spread_runs, ddof=1)), "spread_runs": spread_runs,
+            "teachers": {k: str(v) for k, v in teachers.items()}}
 
 
 def _short(name: str) -> str:

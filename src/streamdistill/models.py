@@ -101,11 +101,13 @@ SAFE_LOADING = {"use_safetensors": True}
 HUB_IGNORE = ["*.bin", "*.pt", "*.pth", "*.h5", "*.msgpack", "*.ot", "*.onnx", "onnx/*", "openvino/*"]
 
 
-def open_sentence_transformer(path: str | Path):
-    """A SentenceTransformer folder, safetensors only, no remote code, on :func:`inference_device`."""
+def open_sentence_transformer(path: str | Path, *, trust_remote_code: bool = False):
+    """A SentenceTransformer folder, safetensors only, on :func:`inference_device`; no remote code
+    unless asked (``trust_remote_code=True`` is sentence-transformers' opt-in for a module class
+    from another installed package, e.g. an exported teacher's ``EncoderModule``)."""
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(str(path), device=inference_device(), trust_remote_code=False,
+    return SentenceTransformer(str(path), device=inference_device(), trust_remote_code=trust_remote_code,
                                model_kwargs=SAFE_LOADING)
 
 
@@ -209,15 +211,15 @@ def _derived(model: EmbeddingModel, suffix: str, revision: str, encode, embed_di
                           extra={**model.extra, "base": model})
 
 
-def rotated(model: EmbeddingModel, rotation: np.ndarray) -> EmbeddingModel:
-    """``model``'s embeddings times the orthogonal ``rotation`` (cosines unchanged)."""
+def rotated(model: EmbeddingModel, rotation: np.ndarray, label: str = "pca") -> EmbeddingModel:
+    """``model``'s embeddings times the orthogonal ``rotation`` (cosines unchanged); ``label`` names it."""
     rotation = np.asarray(rotation, dtype=np.float32)
 
     def encode(texts, prompt_type=None):
         return np.asarray(model.encode(texts, prompt_type), dtype=np.float32) @ rotation
 
     digest = hashlib.sha256(rotation.tobytes()).hexdigest()[:8]
-    return _derived(model, "pca", digest, encode, rotation.shape[1])
+    return _derived(model, label, digest, encode, rotation.shape[1])
 
 
 def _normalize(x: np.ndarray) -> np.ndarray:

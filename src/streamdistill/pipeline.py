@@ -14,6 +14,9 @@ Stage names, model names and the wiring between stages live in the registry; ver
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
+
+import numpy as np
 
 from .contrastive import ggsm_overhead as _ggsm_overhead
 from .evaluate import evaluate_model
@@ -29,24 +32,163 @@ from .registry import (  # noqa: F401  (the façade: what notebooks and README u
     run_stage,
     stream_encoders,
 )
-from .report import gap_closure_report
-from .tasks import PAPER_SLICE
+from .report import closure_verdict, difference_verdict, gap_closure_seeded
+from .stats import paired_difference, pooled_sd, single_seed_difference
+from .tasks import PAPER_SLICE, PAPER_SUBSLICE
+
+
+def seeded_scores(profile: Profile | str | None, models: Sequence[str], tasks: Sequence[str],
+                  seeds: Sequence[int] | None = None) -> dict[str, dict[int, dict[str, float]]]:
+    """``{model: {seed: {task: score}}}``: each stage model trained (if missing) and evaluated per seed."""
+    profile = get_profile(profile)
+    out: dict[str, dict[int, dict[str, float]]] = {}
+    for name in models:
+        for seed in seeds if seeds is not None else profile.seeds:
+            seeded = replace(profile, seed=int(seed))
+            out.setdefault(name, {})[int(seed)] = evaluate_model(resolve_model(name, seeded), tasks, seeded)["scores"]
+    return out
 
 
 def gap_closure_experiment(profile: Profile | str | None = None, tasks: Sequence[str] | None = None) -> dict:
-    """Train what is missing, evaluate A, A+Echo, B, C on the paper's slice, report gap closure."""
+    """The paper's central table over the profile's paired seeds: A, A+Echo, B and C on the slice.
+
+    Seed s of every model shares data order and initialisation, and C of seed s distils the B of
+    seed s. Returns :func:`report.gap_closure_seeded` with the verdicts of the closure and Echo claims.
+    """
     profile = get_profile(profile)
     tasks = list(tasks or PAPER_SLICE)
-    per_task, models = {}, {}
-    for name in GAP_MODELS:
-        result = evaluate_model(resolve_model(name, profile), tasks, profile)
-        per_task[name] = result["scores"]
-        models[name] = {"model": result["model"], "revision": result["revision"]}
-    report = gap_closure_report(per_task)
-    return {"profile": profile.name, "tasks": tasks, "models": models, "scores": report["scores"],
-            "scores_by_type": report["scores_by_type"], "gap_closure": report["gap_closure"],
-            "gap_closure_by_type": report["gap_closure_by_type"],
-            "student_minus_echo": report.get("student_minus_echo"), "per_task": per_task}
+    # A+Echo reads every text twice: it is scored on the slice without SciFact (its corpus would double
+    # the most expensive evaluation), and C is compared with it on those same tasks
+    echo_tasks = [t for t in tasks if t in PAPER_SUBSLICE] or tasks
+    per_seed = seeded_scores(profile, [m for m in GAP_MODELS if m != "A+Echo"], tasks)
+    echo = seeded_scores(profile, ["A+Echo"], echo_tasks)["A+Echo"]
+    out = gap_closure_seeded(per_seed)
+    c_sub = {s: float(np.mean([per_seed["C"][s][t] for t in echo_tasks])) for s in per_seed["C"]}
+    seeds = out["seeds"]
+    out["per_seed_tasks"]["A+Echo"] = {str(s): echo[s] for s in seeds}
+    out["echo_tasks"] = echo_tasks
+    out["c_minus_echo"] = paired_difference([c_sub[s] for s in seeds],
+                                            [float(np.mean(list(echo[s].values()))) for s in seeds]).as_dict()
+    out["closure_verdict"] = closure_verdict(out)
+    out["echo_verdict"] = difference_verdict(out["c_minus_echo"], "C against A+Echo",
+                                             "the student ahead as the paper reports", "A+Echo ahead")
+    return {"profile": profile.name, "tasks": tasks, **out}
+
+
+def teacher_variants_experiment(profile: Profile | str | None = None) -> dict:
+    """GG-SM (B) beside ggsm-scaled (not the paper's), hard and linear, and A.
+
+    B and ggsm-scaled over the profile's seeds on the full slice, hard over the seeds and linear at
+    one seed on the sub-slice without SciFact; every comparison on the sub-slice (each model's
+    sub-slice mean), paired over seeds where both have them, else one seed against the pooled
+    seed spread of A, B and C.
+    """
+    profile = get_profile(profile)
+    seeds = list(profile.seeds)
+    full = seeded_scores(profile, ["A", "B", "C", "B-scaled"], PAPER_SLICE)
+    sub = seeded_scores(profile, ["B-hard"], PAPER_SUBSLICE) | seeded_scores(profile, ["B-linear"], PAPER_SUBSLICE,
+                                                                             seeds[:1])
+    runs = {m: {s: {t: v for t, v in scores.items() if t in PAPER_SUBSLICE} for s, scores in per.items()}
+            for m, per in (full | sub).items()}
+    means = {m: {s: float(np.mean(list(v.values()))) for s, v in per.items()} for m, per in runs.items()}
+    spread = pooled_sd({m: list(means[m].values()) for m in ("A", "B", "C")})
+    comparisons = {}
+    for name in ["B-scaled", "B-hard", "B-linear", "A"]:
+        if len(means[name]) > 1:
+            diff = paired_difference([means[name][s] for s in seeds], [means["B"][s] for s in seeds])
+        else:
+            seed = next(iter(means[name]))
+            diff = single_seed_difference(means[name][seed], means["B"][seed], spread)
+        comparisons[name] = diff.as_dict()
+    full_means = {m: {str(s): float(np.mean(list(v.values()))) for s, v in per.items()} for m, per in full.items()}
+    return {"profile": profile.name, "tasks": PAPER_SUBSLICE, "per_seed_tasks": _jsonable(runs),
+            "subslice_means": _jsonable(means), "full_slice_means": full_means, "pooled_sd": spread,
+            "minus_B": comparisons,
+            "hard_minus_A_stsb": paired_difference([runs["B-hard"][s]["STSBenchmark"] for s in seeds],
+                                                   [runs["A"][s]["STSBenchmark"] for s in seeds]).as_dict()}
+
+
+# The ablations the paper lists, one seed each: (label, stage model, profile overrides)
+ABLATIONS = [
+    ("λ = 10", "C", {"distill_lambda": "10"}), ("λ = 50", "C", {"distill_lambda": "50"}),
+    ("warm-up 0.05", "B", {"ggsm_warm_frac": "0.05"}), ("warm-up 0.25", "B", {"ggsm_warm_frac": "0.25"}),
+    ("last-token pooling (B)", "B", {"pooling": "last"}), ("last-token pooling (C)", "C", {"pooling": "last"}),
+]
+
+
+def ablation_experiment(profile: Profile | str | None = None, spread: float | None = None) -> dict:
+    """Each ablation at seed 0 on the sub-slice, against the same model with the profile's setting
+    (λ = 1, warm-up 0.1, mean pooling), judged against the pooled seed spread of A, B and C
+    (``spread``; by default measured from their seeds on the sub-slice) times sqrt(2)."""
+    profile = get_profile(profile)
+    seed = profile.seeds[0]
+    if spread is None:
+        per = seeded_scores(profile, ["A", "B", "C"], PAPER_SUBSLICE)
+        spread = pooled_sd({m: [float(np.mean(list(v.values()))) for v in runs.values()] for m, runs in per.items()})
+    reference = {m: evaluate_model(resolve_model(m, replace(profile, seed=seed)), PAPER_SUBSLICE, profile)["scores"]
+                 for m in ("B", "C")}
+    rows = []
+    for label, model, sets in ABLATIONS:
+        varied = get_profile(replace(profile, seed=seed), sets)
+        scores = evaluate_model(resolve_model(model, varied), PAPER_SUBSLICE, varied)["scores"]
+        diff = single_seed_difference(float(np.mean(list(scores.values()))),
+                                      float(np.mean(list(reference[model].values()))), spread)
+        rows.append({"ablation": label, "model": model, "settings": sets, "scores": scores,
+                     "mean": float(np.mean(list(scores.values()))), "minus_reference": diff.as_dict()})
+    return {"profile": profile.name, "seed": seed, "tasks": PAPER_SUBSLICE, "pooled_sd": spread,
+            "reference": reference, "rows": rows}
+
+
+def long_context_experiment(profile: Profile | str | None = None, models: Sequence[str] = ("A", "A+Echo", "B", "C"),
+                            task: str = "QMSumRetrieval") -> dict:
+    """QMSum (real meetings) for the stage models over the profile's seeds, each reading the first N
+    tokens of every meeting for N in ``profile.qmsum_lengths`` (Echo reads them twice), and
+    all-MiniLM-L6-v2 at its own limit. ``c_minus[m]``: C minus m, paired over seeds, on the mean
+    over the lengths. Scores are nDCG@10 × 100."""
+    from .models import MINILM
+
+    profile = get_profile(profile)
+    scores: dict[str, dict[str, dict[str, float]]] = {}
+    for name in models:
+        for n in profile.qmsum_lengths:
+            for seed in profile.seeds:
+                read = replace(profile, seed=int(seed), eval_max_length=int(n), eval_batch_size=8)
+                score = evaluate_model(resolve_model(name, read), [task], read)["scores"][task]
+                scores.setdefault(name, {}).setdefault(str(n), {})[str(seed)] = score
+    minilm = evaluate_model(resolve_model(MINILM, profile), [task], profile)["scores"][task]
+    mean_over_lengths = {m: [float(np.mean([scores[m][str(n)][str(s)] for n in profile.qmsum_lengths]))
+                             for s in profile.seeds] for m in models}
+    c_minus = {m: paired_difference(mean_over_lengths["C"], mean_over_lengths[m]).as_dict() for m in models if m != "C"}
+    from .tasks import get_task
+
+    queries = get_task(task, profile)
+    queries.load_data()
+    return {"task": task, "lengths": list(profile.qmsum_lengths), "scores": scores, "all-MiniLM-L6-v2": minilm,
+            "mean_over_lengths": mean_over_lengths, "c_minus": c_minus,
+            "queries": len(queries.dataset["default"]["test"]["queries"])}
+
+
+def synthetic_long_context(profile: Profile | str | None = None, models: Sequence[str] = ("A", "A+Echo", "B", "C"),
+                           read_tokens: int = 4096) -> dict:
+    """The synthetic passkey and needle tasks at the profile's first seed: per model, per task, per
+    length split, nDCG@10 × 100; the stage models read up to ``read_tokens`` tokens (Echo half as many
+    of the text, which it reads twice), all-MiniLM-L6-v2 its own 256 word pieces."""
+    from .longcontext import SYNTHETIC_TASKS
+    from .models import MINILM
+
+    profile = get_profile(profile)
+    budget = min(read_tokens, profile.max_positions - 64)
+    out = {}
+    for name in (*models, MINILM):
+        tokens = budget // 2 if name == "A+Echo" else budget
+        read = replace(profile, eval_max_length=tokens, eval_batch_size=8) if name != MINILM else profile
+        result = evaluate_model(resolve_model(name, read), SYNTHETIC_TASKS, read, per_split=True)
+        out["all-MiniLM-L6-v2" if name == MINILM else name] = result["splits"]
+    return out
+
+
+def _jsonable(per: dict) -> dict:
+    return {m: {str(s): v for s, v in runs.items()} for m, runs in per.items()}
 
 
 def ggsm_overhead(profile: Profile | str | None = None, steps: int = 12, repeats: int = 3) -> dict:

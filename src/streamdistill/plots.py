@@ -60,20 +60,62 @@ def curves(series: dict, xlabel: str, ylabel: str, title: str = "", ax=None, log
     return ax.figure
 
 
-def soft_mask_panels(soft, steps, n: int = 48):
+def soft_mask_panels(soft, steps, n: int = 48, titles=None):
     """The GG-SM future weights ``w[i, j]`` (j > i) at several optimiser steps, first ``n`` positions."""
     style()
-    fig, axes = plt.subplots(1, len(steps), figsize=(3.4 * len(steps), 3.4))
+    fig, axes = plt.subplots(1, len(steps), figsize=(3.4 * len(steps) + 1.2, 3.4), squeeze=False)
     n = min(n, soft.max_len)
-    for ax, step in zip(np.atleast_1d(axes), steps):
+    for k, (ax, step) in enumerate(zip(axes[0], steps)):
         w = soft.future_weights(int(step))[:n, :n].cpu().numpy()
         w = np.where(np.triu(np.ones_like(w), 1) > 0, w, np.nan)
         image = ax.imshow(w, vmin=0, vmax=1, cmap="viridis")
-        ax.set_title(f"step {int(step)}")
+        ax.set_title(f"{titles[k]}: step {int(step)}" if titles else f"step {int(step)}")
         ax.set_xlabel("key position j")
         ax.set_ylabel("query position i")
         ax.grid(False)
-    fig.colorbar(image, ax=axes, shrink=0.8, label="future weight w")
+    fig.colorbar(image, ax=list(axes[0]), shrink=0.8, label="future weight w")
+    return fig
+
+
+def seed_points(per_model: dict[str, list[float]], ylabel: str, title: str = "", reference: dict | None = None):
+    """Each model's per-seed values as points, with their mean as a bar; optional reference lines."""
+    style()
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(per_model) + 2), 3.4))
+    for k, (name, values) in enumerate(per_model.items()):
+        values = np.asarray(values, dtype=float)
+        ax.bar(k, values.mean(), color=PALETTE[k % len(PALETTE)], alpha=0.35, width=0.6)
+        ax.scatter(np.full(len(values), k) + np.linspace(-0.12, 0.12, len(values)), values,
+                   color=PALETTE[k % len(PALETTE)], s=22, zorder=3)
+    for label, value in (reference or {}).items():
+        ax.axhline(value, color="grey", linestyle="--", linewidth=1, label=label)
+    ax.set_xticks(range(len(per_model)), list(per_model), rotation=0)
+    lows = [min(v) for v in per_model.values()] + list((reference or {}).values())
+    highs = [max(v) for v in per_model.values()] + list((reference or {}).values())
+    pad = 0.15 * (max(highs) - min(lows) + 1e-9)
+    ax.set_ylim(min(lows) - pad, max(highs) + pad)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if reference:
+        ax.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def difference_bars(diffs: dict, xlabel: str, title: str = ""):
+    """Horizontal bars of differences (``report.Difference``) with ±2 standard errors."""
+    style()
+    names = list(diffs)
+    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(names) + 1.2))
+    means = [diffs[n].mean for n in names]
+    errors = [2 * diffs[n].se for n in names]
+    colors = [PALETTE[0] if diffs[n].resolved else PALETTE[5] for n in names]
+    ax.barh(range(len(names)), means, xerr=errors, color=colors, alpha=0.8, capsize=3)
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_yticks(range(len(names)), names)
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    fig.tight_layout()
     return fig
 
 

@@ -64,6 +64,7 @@ class Profile:
     ggsm_warm_frac: float = 0.1  # T_warm = frac * T_total
     ggsm_ema_decay: float = 0.9
     linear_warm_weight: float = 0.5  # `linear` variant: constant future weight during warm-up
+    ggsm_scaled_beta: float = 1.0  # `ggsm-scaled` (not the paper's): slope on the standardised importance
     # distillation
     distill_lambda: float = 1.0
     teacher_seed: int | None = None  # C distils the teacher of this seed (None: its own seed, paired)
@@ -79,8 +80,9 @@ class Profile:
     eval_experiments: int | None = None
 
     # --- long-context retrieval (synthetic passkey / needle, LongEmbed style) ---
-    long_context_lengths: tuple[int, ...] = (256, 512, 1024, 2048, 4096)  # document lengths in words
-    long_context_docs: int = 20  # documents per length (LongEmbed uses 100)
+    long_context_lengths: tuple[int, ...] = (256, 1024, 4096)  # synthetic document lengths in words
+    long_context_docs: int = 32  # synthetic documents per length (LongEmbed uses 100)
+    qmsum_lengths: tuple[int, ...] = (512, 2048)  # tokens of each meeting the models read
 
     # --- streaming benchmark ---
     stream_prefix: int = 4096
@@ -105,6 +107,12 @@ class Profile:
     leaf_grad_accum: int = 1
     calibration_texts: int = 2000  # training texts the int8 quantizer is calibrated on
     leaf_tasks: tuple[str, ...] = ("SciFact", "STSBenchmark", "SICK-R", "Banking77Classification", "MRPC")
+    leaf_seeds: tuple[int, ...] = (0, 1, 2)  # seeds of the main LEAF student (the noise its claims are judged by)
+    # the MRL comparison: all-MiniLM-L6-v2 fine-tuned with and without MatryoshkaLoss
+    finetune_steps: int = 300
+    finetune_batch_size: int = 32
+    finetune_lr: float = 2e-5
+    finetune_sources: tuple[str, ...] = ("snli", "mrpc")  # short texts: two fine-tunings fit the budget
     mrl_dims: tuple[int, ...] = (32, 64, 128, 256, 384)
     mrl_tasks: tuple[str, ...] = ("STSBenchmark", "SciFact")
 
@@ -132,6 +140,7 @@ PROFILES: dict[str, Profile] = {
         eval_experiments=2,
         long_context_lengths=(64, 128),
         long_context_docs=8,
+        qmsum_lengths=(64,),
         stream_prefix=256,
         stream_delta=32,
         stream_updates=4,
@@ -145,6 +154,9 @@ PROFILES: dict[str, Profile] = {
         probe_texts=64,
         throughput_texts=64,
         leaf_tasks=("SciFact", "STSBenchmark", "MRPC"),
+        leaf_seeds=(0, 1),
+        finetune_steps=6,
+        finetune_batch_size=8,
         mrl_dims=(32, 384),
         mrl_tasks=("STSBenchmark",),
     ),
@@ -161,7 +173,9 @@ PROFILES["gpu"] = Profile(
     lr=2e-4,
     pair_sources=("snli", "mrpc", "stsb", "scifact"),
     eval_max_length=512,
+    long_context_lengths=(256, 512, 1024, 2048, 4096),
     long_context_docs=100,
+    qmsum_lengths=(512, 2048, 4096, 8000),
     leaf_steps=5000,
     leaf_student_layers=6,
     leaf_max_length=256,

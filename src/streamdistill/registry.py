@@ -93,7 +93,7 @@ STAGES: dict[str, Stage] = {
     "pretrained": Stage(_pretrained, lm.VERSIONS["pretrained"], "the pretrained LM converted to safetensors once"),
     "base": Stage(_base, lm.VERSIONS["base"], "the profile's base decoder (its first base_layers layers)"),
     "causal": Stage(_causal, contrastive.VERSIONS["causal"], "A: causal + InfoNCE"),
-    "teacher": Stage(_teacher, contrastive.VERSIONS["teacher"], "B: GG-SM (variant=ggsm|hard|linear)",
+    "teacher": Stage(_teacher, contrastive.VERSIONS["teacher"], "B: GG-SM (variant=ggsm|hard|linear|ggsm-scaled)",
                      settings=("variant",)),
     "teacher-embeddings": Stage(_teacher_embeddings, contrastive.VERSIONS["teacher-embeddings"],
                                 "B's embeddings of the pairs C reads"),
@@ -156,6 +156,7 @@ MODELS: dict[str, ModelSpec] = {
     "B": ModelSpec("teacher", {"variant": "ggsm"}, gap=True, stream="teacher"),
     "B-hard": ModelSpec("teacher", {"variant": "hard"}),
     "B-linear": ModelSpec("teacher", {"variant": "linear"}),
+    "B-scaled": ModelSpec("teacher", {"variant": "ggsm-scaled"}),  # not the paper's: see ggsm
     "C": ModelSpec("student", gap=True, stream="student"),
 }
 GAP_MODELS = tuple(name for name, spec in MODELS.items() if spec.gap)

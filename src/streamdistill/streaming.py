@@ -550,6 +550,8 @@ def stream_benchmark(profile=None, prefix: int | None = None, delta: int | None 
         "growing": bool(growing),
         "weights": weights,
         "speedup_vs_teacher": latency["teacher_recompute"] / kv,
+        # per update, side by side in the same update: the figures a rule over updates reads
+        "speedups_vs_teacher": [t / k for t, k in zip(times["teacher_recompute"], times["student_kv"])],
         "speedup_vs_echo": latency["echo_recompute"] / kv,
         "speedup_vs_recompute": latency["student_recompute"] / kv,
         "token_ratio_limit": (L + D) / D,
@@ -572,3 +574,40 @@ def stream_sweep(profile=None, prefixes: Sequence[int] = (256, 512, 1024, 2048, 
     updates = int(updates if updates is not None else min(profile.stream_updates, 5))
     return [stream_benchmark(profile, prefix=int(p), delta=delta, updates=updates, seed=seed, weights=weights,
                              student=student, teacher=teacher, echo_model=echo_model) for p in prefixes]
+
+
+# the profiler's operator names, grouped by what an update spends its time on
+UPDATE_PARTS = {
+    "attention (scaled dot product)": ("scaled_dot_product", "sdpa", "_efficient_attention", "flash", "bmm", "softmax"),
+    "linear layers (matmul)": ("aten::linear", "aten::addmm", "aten::mm", "aten::matmul"),
+    "KV cache (concatenate, copy)": ("aten::cat", "aten::copy_", "aten::index", "aten::slice"),
+    "attention mask and positions": ("aten::masked_fill", "aten::where", "aten::arange", "aten::full", "aten::zeros",
+                                     "aten::gt", "aten::eq"),
+    "norms and activations": ("aten::rsqrt", "aten::pow", "aten::mean", "aten::silu", "aten::mul", "aten::add",
+                              "aten::neg", "aten::cos", "aten::sin"),
+}
+
+
+def profile_update(encoder: Encoder, prefix: int = 4096, delta: int = 128, repeats: int = 3,
+                   seed: int = 0) -> dict[str, float]:
+    """Where one KV-cache update's time goes: milliseconds per group of operators (:data:`UPDATE_PARTS`,
+    the rest as ``other``), self CPU time under PyTorch's profiler, mean over ``repeats`` updates from
+    the same ``prefix``-token state."""
+    from torch.profiler import ProfilerActivity, profile
+
+    stream = StreamingEncoder(encoder)
+    ids = _token_stream(prefix + delta, int(encoder.backbone.config.vocab_size), seed)
+    with torch.inference_mode():
+        stream.append_ids(ids[:prefix])
+        state = stream.state
+        stream.append_ids(ids[prefix:])  # warm-up
+        totals: dict[str, float] = {}
+        for _ in range(repeats):
+            stream.load_state(state)
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                stream.append_ids(ids[prefix:])
+            for event in prof.key_averages():
+                name = event.key.lower()
+                part = next((p for p, keys in UPDATE_PARTS.items() if any(k in name for k in keys)), "other")
+                totals[part] = totals.get(part, 0.0) + event.self_cpu_time_total / 1e3 / repeats
+    return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
