@@ -24,7 +24,7 @@ import torch
 
 DEVICE = "cuda"  # --device cpu runs the same script as a dry run without a GPU
 # Qwen2.5-0.5B-Instruct's shape (config.json on the Hub), for a randomly initialised stand-in
-QWEN_05B = {"vocab_size": 151936, "hidden_size": 896, "intermediate_size": 4864, "num_layers": 24, "num_heads": 14,
+QWEN_05B = {"architecture": "qwen2", "vocab_size": 151936, "hidden_size": 896, "intermediate_size": 4864, "num_layers": 24, "num_heads": 14,
             "num_kv_heads": 2}
 
 

@@ -47,3 +47,43 @@ def test_notebooks_stay_thin(path):
     assert not re.search(r"filterwarnings\(\s*[\"']ignore[\"']\s*\)", code), "a blanket warnings filter"
     assert "simplefilter(" not in code
     assert not re.search(r"profile\.name\s*[=!]=", code), "a profile-name check instead of a profile field"
+
+
+def test_the_first_pages_claims_table_glues_every_claim_its_notebook_glues():
+    """intro.md's table, book.CLAIMS (the README's figure) and the notebooks' glue calls name the same keys."""
+    import re
+
+    from streamdistill.book import CLAIMS
+
+    intro = (ROOT / "book" / "intro.md").read_text()
+    table = re.findall(r"notebooks/(\w+)\.ipynb::(claim_\w+?)_(paper|here|verdict):s", intro)
+    assert {(stem, key) for stem, key, _ in table} == {(stem, key) for _, stem, key in CLAIMS}
+    for _, stem, key in CLAIMS:
+        code = _code(ROOT / "notebooks" / f"{stem}.ipynb")
+        for part in ("paper", "here", "verdict"):
+            assert f'"{key}_{part}"' in code, f"{stem} does not glue {key}_{part}"
+
+
+def _executed(path: Path, values: dict) -> Path:
+    """A notebook as papermill leaves it after ``myst_nb.glue(name, value, display=False)`` calls."""
+    outputs = [{"output_type": "display_data", "metadata": {"scrapbook": {"name": name, "mime_prefix": "application/papermill.record/"}},
+                "data": {"application/papermill.record/text/plain": repr(value)}} for name, value in values.items()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"cells": [{"cell_type": "code", "source": "", "outputs": outputs}]}))
+    return path
+
+
+def test_claims_are_read_from_the_executed_notebooks_and_missing_ones_say_not_run(tmp_path):
+    from streamdistill.book import CLAIMS, claims, glued, write_claims
+
+    label, stem, key = CLAIMS[0]
+    _executed(tmp_path / "book" / "notebooks" / f"{stem}.ipynb",
+              {f"{key}_paper": "76.6 %", f"{key}_here": "B − A = 0.3 ± 0.4", f"{key}_verdict": "not resolved", "n": 3})
+    assert glued(tmp_path / "book" / "notebooks" / f"{stem}.ipynb")["n"] == "3"
+    rows = claims("tiny", tmp_path)
+    assert rows[0] == {"claim": label, "paper": "76.6 %", "here": "B − A = 0.3 ± 0.4", "verdict": "not resolved"}
+    unrun = [row for row in rows if row["verdict"] == "not run"]
+    assert len(unrun) == len(CLAIMS) - 1
+    out = write_claims("tiny", tmp_path)
+    assert json.loads(out.read_text())["rows"] == rows
+    assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"

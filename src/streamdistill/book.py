@@ -126,6 +126,68 @@ def sizing_table(root: Path | None = None) -> str:
                               f"{record['threads']} threads, {record['cpus']} CPUs, measured {record['measured']}.\n")
 
 
+CLAIMS = [  # (row label, notebook, glue key prefix): the first page's table, in its order
+    ("Gap closure (C − A)/(B − A)", "05_evaluation", "claim_closure"),
+    ("Gap closure per task type", "05_evaluation", "claim_types"),
+    ("Student over Echo embeddings", "05_evaluation", "claim_echo"),
+    ("Streaming speed-up against the teacher's recompute", "07_streaming", "claim_stream"),
+    ("Streaming fidelity (cosine distance)", "07_streaming", "claim_fidelity"),
+    ("Long-context retrieval", "08_long_context", "claim_long"),
+    ("LEAF retention", "09_leaf_alignment", "claim_retention"),
+    ("Asymmetric retrieval", "09_leaf_alignment", "claim_asym"),
+    ("MRL inheritance", "09_leaf_alignment", "claim_mrl"),
+    ("Quantization inheritance", "09_leaf_alignment", "claim_quant"),
+    ("Student throughput against its teacher", "09_leaf_alignment", "claim_throughput"),
+]
+
+
+def glued(path: Path) -> dict[str, str]:
+    """The text of every ``glue``d value in an executed notebook (its ``text/plain`` under glue's MIME prefix, unquoted)."""
+    import ast
+
+    values = {}
+    for cell in json.loads(Path(path).read_text())["cells"]:
+        for output in cell.get("outputs", []):
+            scrapbook = output.get("metadata", {}).get("scrapbook", {})
+            name = scrapbook.get("name")
+            text = output.get("data", {}).get(scrapbook.get("mime_prefix", "") + "text/plain")
+            if name and text is not None:
+                text = "".join(text) if isinstance(text, list) else text
+                try:
+                    value = ast.literal_eval(text)
+                    values[name] = value if isinstance(value, str) else text
+                except (ValueError, SyntaxError):
+                    values[name] = text
+    return values
+
+
+def claims(profile: str, root: Path | None = None) -> list[dict[str, str]]:
+    """The claims table's rows, read from the executed notebooks in ``book/notebooks/``."""
+    root = root or repo_root()
+    cache: dict[str, dict[str, str]] = {}
+    rows = []
+    for label, stem, key in CLAIMS:
+        path = root / "book" / "notebooks" / f"{stem}.ipynb"
+        if stem not in cache:
+            cache[stem] = glued(path) if path.exists() else {}
+        values = cache[stem]
+        rows.append({"claim": label, **{part: values.get(f"{key}_{part}", "not run") for part in ("paper", "here", "verdict")}})
+    return rows
+
+
+def write_claims(profile: str, root: Path | None = None) -> Path:
+    """``book/data/claims-<profile>.json`` and the README's figure of it (``.png`` beside it)."""
+    from .plots import claims_figure
+
+    root = root or repo_root()
+    rows = claims(profile, root)
+    out = root / "book" / "data" / f"claims-{profile}.json"
+    atomic_write_json(out, {"profile": profile, "rows": rows})
+    fig = claims_figure(rows, title=f"What holds at this scale (profile {profile})")
+    fig.savefig(out.with_suffix(".png"), dpi=130, bbox_inches="tight")
+    return out
+
+
 def build_book(profile: str = "cpu", execute: bool = True, root: Path | None = None,
                names: list[str] | None = None, render: bool = True) -> dict:
     root = root or repo_root()
@@ -133,6 +195,8 @@ def build_book(profile: str = "cpu", execute: bool = True, root: Path | None = N
     runs = execute_notebooks(profile, root, names) if execute else {}
     if not render:
         return {"profile": profile, "notebooks": runs, "total_seconds": round(time.perf_counter() - started, 1)}
+    if names is None:  # the whole book: the claims figure follows the executed notebooks
+        write_claims(profile, root)
     atomic_write_text(root / "book" / "_generated" / "timings.md", timings_table(profile, root))
     atomic_write_text(root / "book" / "_generated" / "sizing.md", sizing_table(root))
     if not (Path(sys.executable).parent / "jupyter-book").exists():
