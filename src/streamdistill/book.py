@@ -122,8 +122,15 @@ def sizing_table(root: Path | None = None) -> str:
     rows = ["| layers kept | precision | training step (s) | forward (tokens/s) |", "|---|---|---|---|"]
     rows += [f"| {r['layers']} | {r['precision']} | {r['train_step_s']:.2f} | {r['forward_tokens_per_s']:,.0f} |"
              for r in record["rows"]]
+    from .profiles import get_profile
+
+    cpu = get_profile("cpu")
+    chosen = (f"The `cpu` profile chose: the first {cpu.base_layers} layers, float32, LoRA r = {cpu.lora_r}, "
+              f"α = {cpu.lora_alpha}, {cpu.train_steps} steps of {cpu.batch_size} triplets of up to {cpu.max_length} "
+              f"tokens, every evaluated text read at {cpu.eval_max_length} tokens, seeds {', '.join(map(str, cpu.seeds))}.")
     return "\n".join(rows) + (f"\n\nA training step: {record['batch']}; forward: {record['forward']}; "
-                              f"{record['threads']} threads, {record['cpus']} CPUs, measured {record['measured']}.\n")
+                              f"{record['threads']} threads, {record['cpus']} CPUs, measured {record['measured']}.\n\n"
+                              f"{chosen}\n")
 
 
 CLAIMS = [  # (row label, notebook, glue key prefix): the first page's table, in its order

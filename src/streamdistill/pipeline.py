@@ -155,7 +155,8 @@ def long_context_experiment(profile: Profile | str | None = None, models: Sequen
                 read = replace(profile, seed=int(seed), eval_max_length=int(n), eval_batch_size=8)
                 score = evaluate_model(resolve_model(name, read), [task], read)["scores"][task]
                 scores.setdefault(name, {}).setdefault(str(n), {})[str(seed)] = score
-    minilm = evaluate_model(resolve_model(MINILM, profile), [task], profile)["scores"][task]
+    reference = resolve_model(MINILM, profile)
+    minilm = evaluate_model(reference, [task], profile)["scores"][task]
     mean_over_lengths = {m: [float(np.mean([scores[m][str(n)][str(s)] for n in profile.qmsum_lengths]))
                              for s in profile.seeds] for m in models}
     c_minus = {m: paired_difference(mean_over_lengths["C"], mean_over_lengths[m]).as_dict() for m in models if m != "C"}
@@ -165,7 +166,10 @@ def long_context_experiment(profile: Profile | str | None = None, models: Sequen
     queries.load_data()
     return {"task": task, "lengths": list(profile.qmsum_lengths), "scores": scores, "all-MiniLM-L6-v2": minilm,
             "mean_over_lengths": mean_over_lengths, "c_minus": c_minus,
-            "queries": len(queries.dataset["default"]["test"]["queries"])}
+            "queries": len(queries.dataset["default"]["test"]["queries"]),
+            "documents": len(corpus := queries.dataset["default"]["test"]["corpus"]),
+            "median_words": int(np.median([len(text.split()) for text in corpus["text"]])),
+            "minilm_max_tokens": reference.max_tokens}
 
 
 def synthetic_long_context(profile: Profile | str | None = None, models: Sequence[str] = ("A", "A+Echo", "B", "C"),
