@@ -87,3 +87,13 @@ def test_claims_are_read_from_the_executed_notebooks_and_missing_ones_say_not_ru
     out = write_claims("tiny", tmp_path)
     assert json.loads(out.read_text())["rows"] == rows
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_figure_has_a_caption(path):
+    """A cell that draws with ``plots`` carries a myst-nb figure caption saying what to see in it."""
+    for cell in json.loads(path.read_text())["cells"]:
+        source = "".join(cell["source"])
+        if cell["cell_type"] == "code" and "fig = plots." in source:
+            caption = cell["metadata"].get("mystnb", {}).get("figure", {}).get("caption", "")
+            assert len(caption.split()) >= 8, f"{path.name}: a figure without a caption: {source[:60]!r}"
