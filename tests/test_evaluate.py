@@ -90,3 +90,22 @@ def test_revision_follows_weights_and_configuration_not_training_records(tmp_pat
     pooling = next(folder.rglob("1_Pooling/config.json"))
     pooling.write_text(pooling.read_text().replace('"pooling_mode_mean_tokens": true', '"pooling_mode_mean_tokens": false'))
     assert M.weights_revision(folder) != base  # a different pooling is a different model
+
+
+def test_a_regenerated_synthetic_task_is_scored_anew_not_read_from_the_old_cache(minilm, tmp_path, monkeypatch):
+    """mteb keeps a cached result whose dataset revision changed, so each generation has its own folder."""
+    import json
+
+    from streamdistill.profiles import get_profile
+    from streamdistill.tasks import get_task
+
+    monkeypatch.setenv(E.RESULTS_ENV, str(tmp_path))
+    few, more = get_profile("tiny", {"long_context_docs": "4"}), get_profile("tiny", {"long_context_docs": "6"})
+    task = "SyntheticPasskeyRetrieval"
+    assert E.results_dir(few, get_task(task, few)) != E.results_dir(more, get_task(task, more))
+    assert E.results_dir(few, get_task("STSBenchmark", few)) == E.results_dir(more, get_task("STSBenchmark", more))
+    for profile, docs in ((few, 4), (more, 6)):
+        E.evaluate_model(minilm, [task], profile)
+        written = list(E.results_dir(profile, get_task(task, profile)).rglob(f"{task}.json"))
+        assert len(written) == 1
+        assert f"docs{docs}-" in json.loads(written[0].read_text())["dataset_revision"]

@@ -89,11 +89,14 @@ def sampling_key(profile: Profile) -> str:
     return f"sampled-{config_hash(key, 8)}"
 
 
-def results_dir(profile: Profile) -> Path:
+def results_dir(profile: Profile, task=None) -> Path:
     """mteb's result cache for one data source and one sampling: a changed mirror, the Hub or the
-    synthetic suite never reuse each other's scores."""
+    synthetic suite never reuse each other's scores. A task generated here (the synthetic long-context
+    ones) keeps each generation's results apart: more documents or other lengths are a new cache."""
     source = f"mirror-{data_fingerprint()}" if data_dir() is not None else ("hub" if hub_available() else "synthetic")
-    return results_root() / source / sampling_key(profile)
+    folder = results_root() / source / sampling_key(profile)
+    generated = getattr(task, "generated_from", None)
+    return folder / f"generated-{config_hash(generated, 8)}" if generated is not None else folder
 
 
 def main_score(task_result, name: str) -> float:
@@ -131,12 +134,16 @@ def evaluate_model(model: EmbeddingModel, tasks: Sequence[str] | str, profile: P
         raise TypeError(f"evaluate_model takes an EmbeddingModel, not {type(model).__name__}; "
                         "resolve names with streamdistill.registry.resolve_model")
     task_objs = get_tasks(list(tasks) if not isinstance(tasks, str) else tasks, profile)
-    cache = ResultCache(cache_path=results_dir(profile))
     logging.getLogger("mteb").setLevel(logging.WARNING)
-    result = mteb.evaluate(mteb_model(model), task_objs, cache=cache, overwrite_strategy="only-missing",
-                           show_progress_bar=show_progress, encode_kwargs={"batch_size": profile.eval_batch_size},
-                           num_proc=1)
-    by_name = {r.task_name: r for r in result.task_results}
+    by_cache: dict[Path, list] = {}
+    for task in task_objs:
+        by_cache.setdefault(results_dir(profile, task), []).append(task)
+    by_name = {}
+    for folder, group in by_cache.items():
+        result = mteb.evaluate(mteb_model(model), group, cache=ResultCache(cache_path=folder),
+                               overwrite_strategy="only-missing", show_progress_bar=show_progress,
+                               encode_kwargs={"batch_size": profile.eval_batch_size}, num_proc=1)
+        by_name |= {r.task_name: r for r in result.task_results}
     out: dict[str, Any] = {"model": model.name, "revision": model.revision,
                            "scores": {t.metadata.name: main_score(by_name[t.metadata.name], t.metadata.name) for t in task_objs}}
     if per_split:

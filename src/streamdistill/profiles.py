@@ -80,9 +80,11 @@ class Profile:
     eval_experiments: int | None = None
 
     # --- long-context retrieval (synthetic passkey / needle, LongEmbed style) ---
-    long_context_lengths: tuple[int, ...] = (256, 1024, 4096)  # synthetic document lengths in words
-    long_context_docs: int = 32  # synthetic documents per length (LongEmbed uses 100)
-    qmsum_lengths: tuple[int, ...] = (512, 1024)  # tokens of each meeting the models read
+    # Sized to the 2-core budget: every QMSum pass reads all 232 meetings at N tokens, for each of A,
+    # A+Echo (2N), B and C and each seed, at the forward rate of book/data/sizing.json
+    long_context_lengths: tuple[int, ...] = (512, 2048)  # synthetic document lengths in words
+    long_context_docs: int = 24  # synthetic documents per length (LongEmbed uses 100)
+    qmsum_lengths: tuple[int, ...] = (256, 512)  # tokens of each meeting the models read
 
     # --- streaming benchmark ---
     stream_prefix: int = 4096
