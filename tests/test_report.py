@@ -125,3 +125,8 @@ def test_difference_verdict_each_outcome(c, echo, verdict):
 def test_update_rule_verdict_each_outcome(values, higher, verdict):
     got, stats = R.update_rule_verdict(values, 4.1 if higher else 1.19e-6, higher)
     assert got == verdict and stats["min"] <= stats["median"] <= stats["max"]
+
+
+def test_percentages_never_read_minus_zero():
+    assert R._pct(-0.003) == "0 %" and R._pct(0.4049) == "40 %" and R._pct(-0.99) == "-99 %"
+    assert R._pct(-math.inf) == "−∞"
