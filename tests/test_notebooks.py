@@ -97,3 +97,12 @@ def test_every_figure_has_a_caption(path):
         if cell["cell_type"] == "code" and "fig = plots." in source:
             caption = cell["metadata"].get("mystnb", {}).get("figure", {}).get("caption", "")
             assert len(caption.split()) >= 8, f"{path.name}: a figure without a caption: {source[:60]!r}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_glue_and_set_up_code_stays_out_of_the_readers_way(path):
+    """A cell that glues values (or is set-up) is removed or folded in the rendered book."""
+    hidden = {"hide-input", "remove-input", "remove-cell"}
+    for cell in json.loads(path.read_text())["cells"]:
+        if cell["cell_type"] == "code" and "glue(" in "".join(cell["source"]):
+            assert hidden & set(cell["metadata"].get("tags", [])), f"{path.name}: glue shown as code: {''.join(cell['source'])[:60]!r}"

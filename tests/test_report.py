@@ -130,3 +130,10 @@ def test_update_rule_verdict_each_outcome(values, higher, verdict):
 def test_percentages_never_read_minus_zero():
     assert R._pct(-0.003) == "0 %" and R._pct(0.4049) == "40 %" and R._pct(-0.99) == "-99 %"
     assert R._pct(-math.inf) == "−∞"
+
+
+def test_the_differences_table_keeps_numeric_columns_so_it_rounds():
+    seeded = _seeded([50, 51, 50.5], [55.1234, 56, 54.5], [53, 54, 53.5], [51, 51.5, 50])
+    table = R.differences_table({"B − A": seeded["b_minus_a"]}).round(3)
+    assert table.loc["B − A", "difference"] == round(seeded["b_minus_a"]["mean"], 3)
+    assert table["resolved"].dtype == bool and table["seeds"].dtype.kind == "i"

@@ -200,7 +200,7 @@ def differences_table(diffs: dict[str, dict | Difference]):
         rows[name] = {"difference": d.mean, "SE": d.se, "seeds": d.n, "interval low": d.ci[0],
                       "interval high": d.ci[1], "resolved": d.resolved, "min. detectable": d.mdd,
                       "seeds to resolve": d.seeds_to_resolve}
-    return pd.DataFrame(rows).T
+    return pd.DataFrame.from_dict(rows, orient="index")  # one dtype per column, so .round() rounds
 
 
 def seeded_table(per_seed_tasks: dict[str, dict], means: dict[str, list[str]] | None = None):
