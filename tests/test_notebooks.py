@@ -80,7 +80,7 @@ def test_claims_are_read_from_the_executed_notebooks_and_missing_ones_say_not_ru
     _executed(tmp_path / "book" / "notebooks" / f"{stem}.ipynb",
               {f"{key}_paper": "76.6 %", f"{key}_here": "B − A = 0.3 ± 0.4", f"{key}_verdict": "not resolved", "n": 3})
     assert glued(tmp_path / "book" / "notebooks" / f"{stem}.ipynb")["n"] == "3"
-    rows = claims("tiny", tmp_path)
+    rows = claims(tmp_path)
     assert rows[0] == {"claim": label, "paper": "76.6 %", "here": "B − A = 0.3 ± 0.4", "verdict": "not resolved"}
     unrun = [row for row in rows if row["verdict"] == "not run"]
     assert len(unrun) == len(CLAIMS) - 1

@@ -168,8 +168,9 @@ def glued(path: Path) -> dict[str, str]:
     return values
 
 
-def claims(profile: str, root: Path | None = None) -> list[dict[str, str]]:
-    """The claims table's rows, read from the executed notebooks in ``book/notebooks/``."""
+def claims(root: Path | None = None) -> list[dict[str, str]]:
+    """The claims table's rows, read from the executed notebooks in ``book/notebooks/`` (of whichever
+    profile last executed them)."""
     root = root or repo_root()
     cache: dict[str, dict[str, str]] = {}
     rows = []
@@ -187,7 +188,7 @@ def write_claims(profile: str, root: Path | None = None) -> Path:
     from .plots import claims_figure
 
     root = root or repo_root()
-    rows = claims(profile, root)
+    rows = claims(root)
     out = root / "book" / "data" / f"claims-{profile}.json"
     atomic_write_json(out, {"profile": profile, "rows": rows})
     fig = claims_figure(rows, title=f"What holds at this scale (profile {profile})")

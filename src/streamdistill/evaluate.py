@@ -138,9 +138,9 @@ def evaluate_model(model: EmbeddingModel, tasks: Sequence[str] | str, profile: P
     by_cache: dict[Path, list] = {}
     for task in task_objs:
         by_cache.setdefault(results_dir(profile, task), []).append(task)
-    by_name = {}
+    adapter, by_name = mteb_model(model), {}
     for folder, group in by_cache.items():
-        result = mteb.evaluate(mteb_model(model), group, cache=ResultCache(cache_path=folder),
+        result = mteb.evaluate(adapter, group, cache=ResultCache(cache_path=folder),
                                overwrite_strategy="only-missing", show_progress_bar=show_progress,
                                encode_kwargs={"batch_size": profile.eval_batch_size}, num_proc=1)
         by_name |= {r.task_name: r for r in result.task_results}

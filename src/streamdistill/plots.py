@@ -174,7 +174,7 @@ def claims_figure(rows: list[dict], title: str = ""):
 
     style()
     colours = {"holds": "#d8ecd9", "does not hold": "#f3d6d9", "not resolved": "#eeeeee"}
-    wrap = lambda text, width: "\n".join(textwrap.wrap(str(text), width)) or ""
+    wrap = lambda text, width: "\n".join(textwrap.wrap(str(text), width))
     cells = [[wrap(r["claim"], 28), wrap(r["paper"], 24), wrap(r["here"], 52), r["verdict"]] for r in rows]
     lines = [max(c.count("\n") + 1 for c in row) for row in cells]
     fig, ax = plt.subplots(figsize=(13, 0.3 * (sum(lines) + 1) + 0.6))
