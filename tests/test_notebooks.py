@@ -106,3 +106,37 @@ def test_glue_and_set_up_code_stays_out_of_the_readers_way(path):
     for cell in json.loads(path.read_text())["cells"]:
         if cell["cell_type"] == "code" and "glue(" in "".join(cell["source"]):
             assert hidden & set(cell["metadata"].get("tags", [])), f"{path.name}: glue shown as code: {''.join(cell['source'])[:60]!r}"
+
+
+def test_timings_table_checks_the_cold_budget(tmp_path):
+    """The Reproducing page's sum is checked against the budget, and says so when a notebook is missing."""
+    from streamdistill import book
+
+    (tmp_path / "book").mkdir()
+    (tmp_path / "book" / "_toc.yml").write_text("- file: book/notebooks/01_a\n- file: book/notebooks/06_ablations\n")
+    run = {"artifacts_built": 1, "results_written": 2, "finished": "2026-12-02T04:56:26+00:00"}
+    record = {"notebooks": {"01_a": {**run, "seconds": 100 * 60.0}}, "machine": {"cpus": 2}}
+    book.timings_path("cpu", tmp_path).write_text(json.dumps(record))
+    table = book.timings_table("cpu", tmp_path)
+    assert "| 06_ablations | not run |" in table and "cannot be checked yet: 06_ablations not timed" in table
+    record["notebooks"]["06_ablations"] = {**run, "seconds": 50 * 60.0}
+    book.timings_path("cpu", tmp_path).write_text(json.dumps(record))
+    table = book.timings_table("cpu", tmp_path)
+    assert "**150.0**" in table
+    assert "the whole book 150 minutes, within its 180; without 06_ablations, 100 minutes, within its 120" in table
+    record["notebooks"]["01_a"]["seconds"] = 140 * 60.0
+    book.timings_path("cpu", tmp_path).write_text(json.dumps(record))
+    assert "190 minutes, over its 180; without 06_ablations, 140 minutes, over its 120" in book.timings_table("cpu", tmp_path)
+    assert book.budget_sentence("tiny", record["notebooks"], ["01_a"]) == ""
+
+
+def test_a_notebook_is_named_by_its_stem_or_a_unique_prefix():
+    from streamdistill.book import resolve_notebook
+
+    stems = ["01_benchmark_harness", "05_evaluation", "05b_more"]
+    assert resolve_notebook("01", stems) == "01_benchmark_harness"
+    assert resolve_notebook("05_evaluation", stems) == "05_evaluation"
+    with pytest.raises(FileNotFoundError, match="'05' matches several"):
+        resolve_notebook("05", stems)
+    with pytest.raises(FileNotFoundError, match="'99' is not in the toc"):
+        resolve_notebook("99", stems)

@@ -23,6 +23,9 @@ from pathlib import Path
 from .artifacts import artifacts_root, atomic_write_json, atomic_write_text, repo_root
 
 TOC = Path("book") / "_toc.yml"
+# What a cold build may cost on 2 cores, in minutes: the whole book, and the book without the
+# ablations notebook (the project's budgets; the Reproducing page checks each record against them)
+COLD_BUDGET_MINUTES = {"cpu": {"whole": 180.0, "without": ("06_ablations", 120.0)}}
 
 
 def toc_notebooks(root: Path | None = None) -> list[str]:
@@ -52,9 +55,7 @@ def execute_notebooks(profile: str, root: Path | None = None, names: list[str] |
     out_dir = root / "book" / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     stems = toc_notebooks(root)
-    unknown = [n for n in names or [] if n not in stems]
-    if unknown:
-        raise FileNotFoundError(f"not in the toc: {', '.join(unknown)}; the notebooks are {', '.join(stems)}")
+    names = [resolve_notebook(n, stems) for n in names] if names else None
     path = timings_path(profile, root)
     record = json.loads(path.read_text()) if path.exists() else {"profile": profile, "notebooks": {}}
     runs: dict[str, dict] = {}
@@ -78,6 +79,15 @@ def execute_notebooks(profile: str, root: Path | None = None, names: list[str] |
         record["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
         atomic_write_json(path, record)
     return runs
+
+
+def resolve_notebook(name: str, stems: list[str]) -> str:
+    """A notebook of the toc by its stem or a unique prefix of it (``05`` is ``05_evaluation``)."""
+    matches = [s for s in stems if s == name] or [s for s in stems if s.startswith(name)]
+    if len(matches) != 1:
+        why = "matches several" if matches else "is not in the toc"
+        raise FileNotFoundError(f"{name!r} {why}; the notebooks are {', '.join(stems)}")
+    return matches[0]
 
 
 def hide_injected_parameters(path: Path) -> None:
@@ -110,7 +120,28 @@ def timings_table(profile: str, root: Path | None = None) -> str:
     machine = record.get("machine", {})
     note = (f"\nProfile `{profile}`, recorded by `streamdistill book` in `book/timings-{profile}.json` on "
             f"{machine.get('cpus', '?')} CPUs ({machine.get('platform', '?')}, Python {machine.get('python', '?')}).\n")
-    return "\n".join(rows) + "\n" + note
+    return "\n".join(rows) + "\n" + note + budget_sentence(profile, record["notebooks"], toc_notebooks(root))
+
+
+def budget_sentence(profile: str, runs: dict[str, dict], stems: list[str]) -> str:
+    """The record against ``COLD_BUDGET_MINUTES``: within or over, or incomplete while a notebook
+    of the toc has no timing (a sum that leaves one out proves nothing)."""
+    budget = COLD_BUDGET_MINUTES.get(profile)
+    if budget is None:
+        return ""
+    missing = [s for s in stems if s not in runs]
+    if missing:
+        return (f"\nThe budget (a cold build in {budget['whole']:g} minutes) cannot be checked yet: "
+                f"{', '.join(missing)} not timed.\n")
+    whole = sum(runs[s]["seconds"] for s in stems) / 60
+    left_out, limit = budget["without"]
+    part = sum(runs[s]["seconds"] for s in stems if s != left_out) / 60
+
+    def verdict(minutes: float, cap: float) -> str:
+        return f"{minutes:.0f} minutes, {'within' if minutes <= cap else 'over'} its {cap:g}"
+
+    return (f"\nAgainst the budget of a cold build on 2 cores: the whole book {verdict(whole, budget['whole'])}; "
+            f"without {left_out}, {verdict(part, limit)}.\n")
 
 
 def sizing_table(root: Path | None = None) -> str:

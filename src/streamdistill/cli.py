@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("book", help="papermill every notebook of the toc, then jupyter-book build")
     p.add_argument("--profile", default=None, help=f"scale profile ({profiles})")
     p.add_argument("--no-execute", action="store_true", help="render the executed copies already in book/notebooks")
-    p.add_argument("--only", help="comma-separated notebooks to execute (their timings are merged into the JSON)")
+    p.add_argument("--only", help="comma-separated notebooks to execute, by stem or prefix such as 05 (their timings are merged into the JSON)")
     p.add_argument("--no-render", action="store_true", help="execute only; do not run jupyter-book")
     p.add_argument("--out")
     p.set_defaults(func=cmd_book)
