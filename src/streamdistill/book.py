@@ -108,7 +108,8 @@ def timings_table(profile: str, root: Path | None = None) -> str:
     record = json.loads(path.read_text())
     rows = ["| notebook | minutes | artifacts built | mteb results written | finished (UTC) |", "|---|---|---|---|---|"]
     total = 0.0
-    for stem in toc_notebooks(root):
+    stems = toc_notebooks(root)
+    for stem in stems:
         run = record["notebooks"].get(stem)
         if run is None:
             rows.append(f"| {stem} | not run | | | |")
@@ -120,7 +121,7 @@ def timings_table(profile: str, root: Path | None = None) -> str:
     machine = record.get("machine", {})
     note = (f"\nProfile `{profile}`, recorded by `streamdistill book` in `book/timings-{profile}.json` on "
             f"{machine.get('cpus', '?')} CPUs ({machine.get('platform', '?')}, Python {machine.get('python', '?')}).\n")
-    return "\n".join(rows) + "\n" + note + budget_sentence(profile, record["notebooks"], toc_notebooks(root))
+    return "\n".join(rows) + "\n" + note + budget_sentence(profile, record["notebooks"], stems)
 
 
 def budget_sentence(profile: str, runs: dict[str, dict], stems: list[str]) -> str:
