@@ -290,3 +290,25 @@ def test_memoized_encodes_each_text_once():
     assert np.array_equal(first[0], second[1]) and np.array_equal(first[1], second[0])
     model.encode(["c"], "document")  # another prompt type is another vector
     assert calls[-1] == ["c"]
+
+
+def test_at_length_reads_at_most_that_many_tokens_and_restores_the_model(teacher):
+    base = models.from_sentence_transformer(teacher, "minilm", "r0")
+    long_text = " ".join(["evidence"] * 300)
+    short = models.at_length(base, 16)
+    assert (short.name, short.revision, short.max_tokens) == ("minilm-len16", "r0-len16", 16)
+    own = teacher.max_seq_length
+    teacher.max_seq_length = 16
+    expected = teacher.encode([long_text])
+    teacher.max_seq_length = own
+    assert np.allclose(short.encode([long_text]), expected, atol=1e-6)
+    assert teacher.max_seq_length == own  # the shared model keeps its own limit
+    assert not np.allclose(base.encode([long_text]), expected, atol=1e-3)  # the limit did change what was read
+    with pytest.raises(models.ModelError, match="not a SentenceTransformer"):
+        models.at_length(EmbeddingModel("m", "r", lambda t, p=None: np.zeros((len(t), 2))), 16)
+
+
+def test_evaluation_model_reads_the_students_training_length(teacher):
+    model = leaf.evaluation_model(models.from_sentence_transformer(teacher, "minilm", "r0"), TINY)
+    assert model.max_tokens == TINY.leaf_max_length and model.st_model is None  # scored through the memo
+    assert model.extra["memoized"]

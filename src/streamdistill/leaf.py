@@ -48,9 +48,11 @@ from .losses import leaf_l2
 from .models import (
     EmbeddingModel,
     asymmetric,
+    at_length,
     binarized,
     int8_quantizer,
     load_folder,
+    memoized,
     minilm_path,
     model_revision,
     open_sentence_transformer,
@@ -474,6 +476,14 @@ def _mean(scores: dict[str, float]) -> float:
     return float(np.mean(list(scores.values()))) if scores else float("nan")
 
 
+def evaluation_model(model: EmbeddingModel, profile: Profile | str | None = None) -> EmbeddingModel:
+    """A teacher or truncated student as LEAF's claims score it: reading ``leaf_max_length`` tokens,
+    the length the students were trained at (every model of the comparison sees the same truncation,
+    and no student is scored at positions it never trained at), and memoized, so that the teacher's
+    documents are encoded once for the teacher's own scores and the asymmetric pair's."""
+    return memoized(at_length(model, get_profile(profile).leaf_max_length))
+
+
 def asymmetric_scores(student_model: EmbeddingModel, teacher_model: EmbeddingModel, tasks: Sequence[str] | str,
                       profile: Profile | str | None = None) -> dict[str, Any]:
     """Scores of the teacher alone, the student alone and student queries + teacher documents.
@@ -537,7 +547,7 @@ def mrl_experiment(profile: Profile | str | None = None) -> dict[str, Any]:
     """
     from dataclasses import replace
 
-    from .models import memoized, rotated
+    from .models import rotated
 
     profile = get_profile(profile)
     tasks = list(profile.mrl_tasks)

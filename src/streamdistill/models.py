@@ -1,6 +1,6 @@
 """Models as the harness sees them: one ``EmbeddingModel`` protocol, adapters, folder loading,
 revisions, and the wrappers that derive a model from another (asymmetric, truncated, rotated,
-quantized, memoized).
+quantized, read at another length, memoized).
 
 * :class:`EmbeddingModel` is anything that embeds texts, with the identity (name + revision) mteb
   needs; :func:`from_encoder` and :func:`from_sentence_transformer` adapt the two kinds of model.
@@ -284,6 +284,30 @@ def binarized(model: EmbeddingModel) -> EmbeddingModel:
         return binarize(model.encode(texts, prompt_type))
 
     return _derived(model, "binary", "sign", encode, model.embed_dim)
+
+
+def at_length(model: EmbeddingModel, max_tokens: int) -> EmbeddingModel:
+    """A SentenceTransformer-backed ``model`` that reads at most ``max_tokens`` tokens of each text.
+
+    The limit is set on the shared SentenceTransformer for each call only and restored after it, so
+    the original keeps its own. The name and revision carry the length: mteb caches the two apart.
+    """
+    st = model.st_model
+    if st is None:
+        raise ModelError(f"{model.name} is not a SentenceTransformer: its reading length is fixed where it is built")
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be positive, got {max_tokens}")
+
+    def encode(texts, prompt_type=None):
+        own, st.max_seq_length = st.max_seq_length, max_tokens
+        try:
+            return np.asarray(model.encode(texts, prompt_type))
+        finally:
+            st.max_seq_length = own
+
+    out = _derived(model, f"len{max_tokens}", f"len{max_tokens}", encode, model.embed_dim)
+    out.max_tokens = max_tokens
+    return out
 
 
 def memoized(model: EmbeddingModel) -> EmbeddingModel:
