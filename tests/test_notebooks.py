@@ -64,12 +64,13 @@ def test_the_first_pages_claims_table_glues_every_claim_its_notebook_glues():
             assert f'"{key}_{part}"' in code, f"{stem} does not glue {key}_{part}"
 
 
-def _executed(path: Path, values: dict) -> Path:
+def _executed(path: Path, values: dict, profile: str | None = None) -> Path:
     """A notebook as papermill leaves it after ``myst_nb.glue(name, value, display=False)`` calls."""
     outputs = [{"output_type": "display_data", "metadata": {"scrapbook": {"name": name, "mime_prefix": "application/papermill.record/"}},
                 "data": {"application/papermill.record/text/plain": repr(value)}} for name, value in values.items()]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"cells": [{"cell_type": "code", "source": "", "outputs": outputs}]}))
+    metadata = {"papermill": {"parameters": {"PROFILE": profile}}} if profile else {}
+    path.write_text(json.dumps({"metadata": metadata, "cells": [{"cell_type": "code", "source": "", "outputs": outputs}]}))
     return path
 
 
@@ -87,6 +88,25 @@ def test_claims_are_read_from_the_executed_notebooks_and_missing_ones_say_not_ru
     out = write_claims("tiny", tmp_path)
     assert json.loads(out.read_text())["rows"] == rows
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_write_claims_reads_only_its_profile_and_keeps_rows_it_did_not_rerun(tmp_path):
+    from streamdistill.book import CLAIMS, claims, write_claims
+
+    (first, stem_a, key_a), (last, stem_b, key_b) = CLAIMS[0], CLAIMS[-1]
+    nb = tmp_path / "book" / "notebooks"
+    _executed(nb / f"{stem_a}.ipynb", {f"{key_a}_paper": "p", f"{key_a}_here": "cpu run", f"{key_a}_verdict": "holds"}, "cpu")
+    _executed(nb / f"{stem_b}.ipynb", {f"{key_b}_paper": "p", f"{key_b}_here": "cpu run", f"{key_b}_verdict": "holds"}, "cpu")
+    write_claims("cpu", tmp_path)
+    # a later session re-runs the first notebook at cpu and the last one at tiny only
+    _executed(nb / f"{stem_a}.ipynb", {f"{key_a}_paper": "p", f"{key_a}_here": "new cpu run", f"{key_a}_verdict": "not resolved"}, "cpu")
+    _executed(nb / f"{stem_b}.ipynb", {f"{key_b}_paper": "p", f"{key_b}_here": "tiny run", f"{key_b}_verdict": "holds"}, "tiny")
+    assert claims(tmp_path, "cpu")[-1]["verdict"] == "not run"  # a tiny execution is no cpu figure
+    record = json.loads(write_claims("cpu", tmp_path).read_text())
+    rows = {row["claim"]: row for row in record["rows"]}
+    assert rows[first]["here"] == "new cpu run" and rows[last]["here"] == "cpu run"
+    assert record["sources"][first].startswith(stem_a) and record["sources"][last].startswith(stem_b)
+    assert sum(row["verdict"] == "not run" for row in record["rows"]) == len(CLAIMS) - 2
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

@@ -200,29 +200,56 @@ def glued(path: Path) -> dict[str, str]:
     return values
 
 
-def claims(root: Path | None = None) -> list[dict[str, str]]:
-    """The claims table's rows, read from the executed notebooks in ``book/notebooks/`` (of whichever
-    profile last executed them)."""
+def executed_profile(path: Path) -> str | None:
+    """The profile papermill executed a notebook at (its ``PROFILE`` parameter), or None if unknown."""
+    metadata = json.loads(Path(path).read_text()).get("metadata", {})
+    return metadata.get("papermill", {}).get("parameters", {}).get("PROFILE")
+
+
+def claims(root: Path | None = None, profile: str | None = None) -> list[dict[str, str]]:
+    """The claims table's rows, read from the executed notebooks in ``book/notebooks/``.
+
+    With ``profile``, a notebook that papermill executed at another profile counts as not run.
+    """
     root = root or repo_root()
     cache: dict[str, dict[str, str]] = {}
     rows = []
     for label, stem, key in CLAIMS:
         path = root / "book" / "notebooks" / f"{stem}.ipynb"
         if stem not in cache:
-            cache[stem] = glued(path) if path.exists() else {}
+            ran = path.exists() and (profile is None or executed_profile(path) in (None, profile))
+            cache[stem] = glued(path) if ran else {}
         values = cache[stem]
         rows.append({"claim": label, **{part: values.get(f"{key}_{part}", "not run") for part in ("paper", "here", "verdict")}})
     return rows
 
 
 def write_claims(profile: str, root: Path | None = None) -> Path:
-    """``book/data/claims-<profile>.json`` and the README's figure of it (``.png`` beside it)."""
+    """``book/data/claims-<profile>.json`` and the README's figure of it (``.png`` beside it).
+
+    A row whose notebook has not been executed at ``profile`` here keeps its value from the record
+    already there (a session may re-run some notebooks only); ``sources`` says which rows were read
+    now and which were kept.
+    """
     from .plots import claims_figure
 
     root = root or repo_root()
-    rows = claims(root)
     out = root / "book" / "data" / f"claims-{profile}.json"
-    atomic_write_json(out, {"profile": profile, "rows": rows})
+    before = json.loads(out.read_text()) if out.exists() else {}
+    kept = {row["claim"]: row for row in before.get("rows", [])} if before.get("profile") == profile else {}
+    old_sources = before.get("sources", {}) if kept else {}
+    timings = timings_path(profile, root)
+    finished = {stem: run.get("finished", "") for stem, run in
+                (json.loads(timings.read_text())["notebooks"] if timings.exists() else {}).items()}
+    rows, sources = [], {}
+    for row, (_, stem, _) in zip(claims(root, profile), CLAIMS):
+        if row["verdict"] == "not run" and row["claim"] in kept:
+            rows.append(kept[row["claim"]])
+            sources[row["claim"]] = old_sources.get(row["claim"], "kept from the previous record")
+        else:
+            rows.append(row)
+            sources[row["claim"]] = "not run" if row["verdict"] == "not run" else f"{stem} executed {finished.get(stem, '')}".strip()
+    atomic_write_json(out, {"profile": profile, "rows": rows, "sources": sources})
     fig = claims_figure(rows, title=f"What holds at this scale (profile {profile})")
     fig.savefig(out.with_suffix(".png"), dpi=130, bbox_inches="tight")
     return out
