@@ -312,3 +312,11 @@ def test_evaluation_model_reads_the_students_training_length(teacher):
     model = leaf.evaluation_model(models.from_sentence_transformer(teacher, "minilm", "r0"), TINY)
     assert model.max_tokens == TINY.leaf_max_length and model.st_model is None  # scored through the memo
     assert model.extra["memoized"]
+
+
+def test_memoized_sentence_transformer_is_scored_through_the_memo(teacher):
+    """mteb would score a model with an ``st_model`` through its own ST wrapper, encoding past the memo."""
+    model = models.memoized(models.from_sentence_transformer(teacher, "minilm", "r0"))
+    assert model.st_model is None
+    from streamdistill.evaluate import mteb_model
+    assert type(mteb_model(model)).__name__ == "StreamdistillEncoder"

@@ -314,7 +314,9 @@ def memoized(model: EmbeddingModel) -> EmbeddingModel:
     """The same model, remembering each text's vector (per prompt type) in memory.
 
     Truncated, rotated and quantized variants of one model all start from its float vectors; with
-    the base memoized, a corpus is encoded once instead of once per variant.
+    the base memoized, a corpus is encoded once instead of once per variant. The result carries no
+    ``st_model``: mteb scores it through the memo, never through its own SentenceTransformer wrapper
+    (which would encode past the memo).
     """
     memo: dict[tuple[str, str | None], np.ndarray] = {}
 
@@ -325,5 +327,5 @@ def memoized(model: EmbeddingModel) -> EmbeddingModel:
         return np.stack([memo[(t, prompt_type)] for t in texts])
 
     return EmbeddingModel(name=model.name, revision=model.revision, encode=encode, embed_dim=model.embed_dim,
-                          n_parameters=model.n_parameters, max_tokens=model.max_tokens, st_model=model.st_model,
+                          n_parameters=model.n_parameters, max_tokens=model.max_tokens,
                           extra={**model.extra, "memoized": True})
