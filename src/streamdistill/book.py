@@ -23,9 +23,10 @@ from pathlib import Path
 from .artifacts import artifacts_root, atomic_write_json, atomic_write_text, repo_root
 
 TOC = Path("book") / "_toc.yml"
-# What a cold build may cost on 2 cores, in minutes: the whole book, and the book without the
-# ablations notebook (the project's budgets; the Reproducing page checks each record against them)
-COLD_BUDGET_MINUTES = {"cpu": {"whole": 180.0, "without": ("06_ablations", 120.0)}}
+# What a cold build may cost on 2 cores, in minutes, now that the ablations notebook is in (the
+# project's budget: 120 before it, 180 with it); the Reproducing page checks each record against it
+# and says what the ablations take of it
+COLD_BUDGET_MINUTES = {"cpu": {"whole": 180.0, "ablations": "06_ablations"}}
 
 
 def toc_notebooks(root: Path | None = None) -> list[str]:
@@ -135,14 +136,11 @@ def budget_sentence(profile: str, runs: dict[str, dict], stems: list[str]) -> st
         return (f"\nThe budget (a cold build in {budget['whole']:g} minutes) cannot be checked yet: "
                 f"{', '.join(missing)} not timed.\n")
     whole = sum(runs[s]["seconds"] for s in stems) / 60
-    left_out, limit = budget["without"]
-    part = sum(runs[s]["seconds"] for s in stems if s != left_out) / 60
-
-    def verdict(minutes: float, cap: float) -> str:
-        return f"{minutes:.0f} minutes, {'within' if minutes <= cap else 'over'} its {cap:g}"
-
-    return (f"\nAgainst the budget of a cold build on 2 cores: the whole book {verdict(whole, budget['whole'])}; "
-            f"without {left_out}, {verdict(part, limit)}.\n")
+    ablations = budget["ablations"]
+    share = runs[ablations]["seconds"] / 60 if ablations in runs else 0.0
+    verdict = "within" if whole <= budget["whole"] else "over"
+    return (f"\nAgainst the budget of a cold build on 2 cores, ablations included: the whole book {whole:.0f} "
+            f"minutes, {verdict} its {budget['whole']:g}; the ablations ({ablations}) take {share:.0f} of them.\n")
 
 
 def sizing_table(root: Path | None = None) -> str:
