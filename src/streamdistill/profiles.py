@@ -109,9 +109,9 @@ class Profile:
     calibration_texts: int = 2000  # training texts the int8 quantizer is calibrated on
     leaf_tasks: tuple[str, ...] = ("SciFact", "STSBenchmark", "MRPC")
     leaf_seeds: tuple[int, ...] = (0, 1, 2)  # seeds of the main LEAF student (the noise its claims are judged by)
-    # the MRL comparison: all-MiniLM-L6-v2 fine-tuned with and without MatryoshkaLoss; 100 steps
-    # (~2 min each here): at 200 both teachers kept the same share at 32 dimensions, so the extra
-    # 100 bought no signal for the book's budget
+    # the MRL comparison: all-MiniLM-L6-v2 fine-tuned with and without MatryoshkaLoss; 100 steps:
+    # at 200 (~4 min each, papermill's cell times) both teachers kept the same share at 32
+    # dimensions, so the other 100 bought no signal for the book's budget
     finetune_steps: int = 100
     finetune_batch_size: int = 32
     finetune_lr: float = 2e-5
