@@ -231,6 +231,31 @@ def test_gap_closure_experiment_pairs_the_four_models_over_seeds(monkeypatch):
     assert report["closure_verdict"][0] in ("holds", "does not hold", "not resolved")
 
 
+def test_teacher_variants_are_scored_on_the_sub_slice_only(monkeypatch):
+    """No variant comparison reads SciFact, so no model is evaluated on it here (its corpus is the
+    costliest evaluation); linear has one seed and is judged against the pooled spread."""
+    from streamdistill.tasks import PAPER_SUBSLICE
+
+    base = {"A": 50.0, "B": 55.0, "C": 54.0, "B-scaled": 55.5, "B-hard": 53.0, "B-linear": 55.0}
+    seen = []
+
+    def fake_evaluate(model, tasks, profile):
+        name = model.name.split("-", 1)[1]
+        seen.append((name, profile.seed, tuple(tasks)))
+        return {"model": model.name, "revision": model.revision,
+                "scores": {t: base[name] + 0.5 * profile.seed * (name != "A") for t in tasks}}
+
+    monkeypatch.setattr(pipeline, "evaluate_model", fake_evaluate)
+    monkeypatch.setattr(pipeline, "resolve_model", lambda name, profile: type("M", (), {
+        "name": f"tiny-{name}", "revision": "r"})())
+    out = pipeline.teacher_variants_experiment(TINY)
+    assert {tasks for _, _, tasks in seen} == {tuple(PAPER_SUBSLICE)}
+    assert sorted(s for name, s, _ in seen if name == "B-scaled") == list(TINY.seeds)
+    assert [s for name, s, _ in seen if name == "B-linear"] == [TINY.seeds[0]]
+    assert out["minus_B"]["B-hard"]["mean"] == pytest.approx(-2.0)
+    assert out["hard_minus_A_stsb"]["mean"] == pytest.approx(3.0 + 0.5 * sum(TINY.seeds) / len(TINY.seeds))
+
+
 def math_finite(x: float) -> bool:
     return x == x and abs(x) != float("inf")
 
