@@ -3,8 +3,9 @@
     python benchmarks/sizing.py --out book/data/sizing.json
 
 For each number of layers kept, one contrastive training step (LoRA r = 16 on every projection, a
-batch of SNLI triplets as the stages read them) and the forward throughput on SciFact documents read
-at the evaluation length, in float32 and under bf16 autocast, side by side in one process. Prints a
+batch of SNLI triplets as the stages read them) and the forward throughput of the merged encoder (as
+the stages save it) on SciFact documents read at the evaluation length, in float32 and under bf16
+autocast, side by side in one process. Prints a
 table and writes the JSON that book/reproducing.md shows.
 """
 
@@ -25,7 +26,7 @@ import torch  # noqa: E402
 from streamdistill import data  # noqa: E402
 from streamdistill.artifacts import atomic_write_json  # noqa: E402
 from streamdistill.contrastive import Contrastive, make_encoder, pair_data  # noqa: E402
-from streamdistill.decoders import load_decoder  # noqa: E402
+from streamdistill.decoders import load_decoder, merge_lora  # noqa: E402
 from streamdistill.lm import cut_layers  # noqa: E402
 from streamdistill.profiles import get_profile  # noqa: E402
 from streamdistill.registry import STAGES  # noqa: E402
@@ -53,10 +54,13 @@ def measure(layers: int, precision: str, profile, steps: int, docs: list[str]) -
         for p in params:
             p.grad = None
         times.append(time.perf_counter() - started)
+    # evaluation reads the model as the stages save it: LoRA merged into the base weights (under
+    # autocast an unmerged adapter re-casts its weights every call, several times slower)
+    encoder.backbone = merge_lora(encoder.backbone)
     encoder.eval()
+    encoder.encode(docs[:32], batch_size=32, max_length=profile.eval_max_length, precision=precision)  # warm-up
     started = time.perf_counter()
-    with autocast:
-        encoder.encode(docs, batch_size=32, max_length=profile.eval_max_length)
+    encoder.encode(docs, batch_size=32, max_length=profile.eval_max_length, precision=precision)
     seconds = time.perf_counter() - started
     tokens = sum(encoder.tokens_per_text(docs, max_length=profile.eval_max_length))
     return {"layers": layers, "precision": precision, "train_step_s": sorted(times[1:])[len(times[1:]) // 2],

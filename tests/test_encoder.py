@@ -299,6 +299,38 @@ def test_encode_keeps_input_order_and_restores_mode(models, tokenizers):
     assert encoder.training  # restored
 
 
+@pytest.mark.parametrize("pooling", ["mean", "echo"])
+def test_bf16_encode_is_float32_output_close_to_float32(models, tokenizers, pooling):
+    encoder = Encoder(models["sdpa"], tokenizers["right"], pooling=pooling, attention="bidirectional")
+    full = encoder.encode(TEXTS)
+    half = encoder.encode(TEXTS, precision="bfloat16")
+    assert half.dtype == np.float32 and half.shape == full.shape
+    assert not np.array_equal(half, full)  # the autocast really ran in bf16
+    assert cosine_distance(half, full).max() <= 1e-3
+    assert all(p.dtype == torch.float32 for p in encoder.parameters())  # weights untouched
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        encoder.encode(TEXTS, precision="fp8")
+
+
+def test_embedding_model_revision_names_the_precision():
+    from streamdistill.models import from_encoder
+
+    class Fake:
+        def __init__(self):
+            self.calls = []
+
+        def encode(self, texts, batch_size, **options):
+            self.calls.append(options)
+            return np.zeros((len(texts), 2))
+
+    fake = Fake()
+    full = from_encoder(fake, "m", "r", precision="float32")
+    half = from_encoder(fake, "m", "r", precision="bfloat16")
+    assert full.revision == "r" and half.revision == "r-bfloat16"  # mteb's cache keeps them apart
+    full.encode(["a"]), half.encode(["a"])
+    assert fake.calls == [{}, {"precision": "bfloat16"}]
+
+
 def test_empty_text_raises(models, tokenizers):
     encoder = Encoder(models["sdpa"], tokenizers["right"])
     for bad in ("", "   \n"):

@@ -155,7 +155,8 @@ def sizing_table(root: Path | None = None) -> str:
     from .profiles import get_profile
 
     cpu = get_profile("cpu")
-    chosen = (f"The `cpu` profile chose: the first {cpu.base_layers} layers, float32, LoRA r = {cpu.lora_r}, "
+    chosen = (f"The `cpu` profile chose: the first {cpu.base_layers} layers, trained in float32 and scored in "
+              f"{cpu.eval_precision}, LoRA r = {cpu.lora_r}, "
               f"α = {cpu.lora_alpha}, {cpu.train_steps} steps of {cpu.batch_size} triplets of up to {cpu.max_length} "
               f"tokens, every evaluated text read at {cpu.eval_max_length} tokens, seeds {', '.join(map(str, cpu.seeds))}.")
     return "\n".join(rows) + (f"\n\nA training step: {record['batch']}; forward: {record['forward']}; "

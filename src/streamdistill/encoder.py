@@ -51,6 +51,9 @@ from .decoders import decoder_stack, quiet_transformers
 
 ATTENTION_MODES = ("causal", "bidirectional")
 POOLINGS = ("mean", "last", "echo")
+# inference precisions: bf16 autocast doubles a merged encoder's CPU throughput where the CPU has
+# bf16 matrix units (AMX), at a cosine of 0.99999 to float32 (benchmarks/sizing.py measures both)
+PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
 # Springer et al. (2024), the "echo" prompt; the text x is inserted after each piece.
 ECHO_PREFIX = "Rewrite the sentence: "
 ECHO_MIDDLE = ", rewritten sentence: "
@@ -458,13 +461,17 @@ class Encoder(nn.Module):
         show_progress: bool = False,
         convert_to_numpy: bool = True,
         max_length: int | None = None,
+        precision: str = "float32",
     ) -> np.ndarray | torch.Tensor:
         """Embeddings of ``texts`` in input order, (N, D) (or (D,) for a single string).
 
         Runs in eval mode without gradients (the previous mode is restored). Texts are batched
         longest first, so each batch pads to similar lengths and the first batch shows the peak
-        memory at once.
+        memory at once. ``precision="bfloat16"`` runs the forward under bf16 autocast (weights stay
+        float32, embeddings come back float32).
         """
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
         single = isinstance(texts, str)
         texts = [texts] if single else list(texts)
         if not texts:
@@ -483,7 +490,9 @@ class Encoder(nn.Module):
         self.eval()
         out = torch.empty(len(ids), self.embed_dim)
         try:
-            with torch.no_grad():
+            autocast = torch.autocast(self.device.type, dtype=PRECISIONS[precision] or torch.bfloat16,
+                                      enabled=PRECISIONS[precision] is not None)
+            with torch.no_grad(), autocast:
                 for start in starts:
                     chunk = order[start : start + batch_size]
                     batch = self._pad([ids[i] for i in chunk], [spans[i] for i in chunk])

@@ -116,11 +116,17 @@ def load_sentence_transformer(path: str | Path, name: str | None = None) -> Embe
     return from_sentence_transformer(open_sentence_transformer(path), name or path.name, weights_revision(path))
 
 
-def from_encoder(encoder, name: str, revision: str, batch_size: int = 32) -> EmbeddingModel:
-    """Adapt a streamdistill ``Encoder`` (or anything with ``encode(texts, batch_size=...)``)."""
+def from_encoder(encoder, name: str, revision: str, batch_size: int = 32, precision: str = "float32") -> EmbeddingModel:
+    """Adapt a streamdistill ``Encoder`` (or anything with ``encode(texts, batch_size=...)``).
+
+    A ``precision`` other than float32 is passed to ``encode`` and appended to ``revision`` (mteb
+    caches results by name and revision, and bf16 scores differ from float32 ones in the last digits).
+    """
+    options = {} if precision == "float32" else {"precision": precision}
+    revision = revision if precision == "float32" else f"{revision}-{precision}"
 
     def encode(texts: list[str], prompt_type: str | None = None) -> np.ndarray:
-        return np.asarray(encoder.encode(texts, batch_size=batch_size))
+        return np.asarray(encoder.encode(texts, batch_size=batch_size, **options))
 
     return EmbeddingModel(name=name, revision=revision, encode=encode,
                           embed_dim=getattr(encoder, "embed_dim", None),

@@ -73,6 +73,9 @@ class Profile:
     # --- evaluation ---
     eval_max_length: int = 96  # tokens of text every model reads (Echo reads them twice)
     eval_batch_size: int = 32
+    # stage models are scored under bf16 autocast (encoder.PRECISIONS): twice the float32 rate on a
+    # CPU with AMX (benchmarks/sizing.py); streaming fidelity and training stay float32
+    eval_precision: str = "bfloat16"
     # deterministic subsample per split (None = full task); `tiny` keeps CI fast
     task_max_samples: int | None = None
     task_max_corpus: int | None = None
@@ -140,6 +143,7 @@ PROFILES: dict[str, Profile] = {
         max_length=32,
         seeds=(0, 1),
         eval_max_length=64,
+        eval_precision="float32",  # CI machines may lack bf16 units; tiny's numbers stay float32's
         task_max_samples=64,
         task_max_corpus=200,
         eval_experiments=2,

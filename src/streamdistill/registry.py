@@ -194,11 +194,12 @@ def load_stage_encoder(name: str, profile: Profile | str | None = None, *, pooli
     return encoder, folder
 
 
-def _embedding_model(encoder: Encoder, folder: Path, name: str) -> EmbeddingModel:
+def _embedding_model(encoder: Encoder, folder: Path, name: str, profile: Profile) -> EmbeddingModel:
     # the revision names the weights and the inference settings that change the numbers
     settings = config_hash({"pooling": encoder.pooling, "max_length": encoder.max_length,
                             "attention": encoder.attention}, 6)
-    return from_encoder(encoder, name=name, revision=f"{weights_revision(folder)}-{settings}")
+    return from_encoder(encoder, name=name, revision=f"{weights_revision(folder)}-{settings}",
+                        batch_size=profile.eval_batch_size, precision=profile.eval_precision)
 
 
 def model_names() -> list[str]:
@@ -224,7 +225,7 @@ def resolve_model(name: str, profile: Profile | str | None = None, sets: dict[st
         encoder, folder = load_stage_encoder(name, profile, pooling=pooling, variant=variant)
         label = name + (f"-{variant}" if variant and variant != "ggsm" else "")
         label += f"-{pooling}" if pooling and pooling != (MODELS[name].pooling or profile.pooling) else ""
-        return _embedding_model(encoder, folder, f"streamdistill/{profile.name}-{label}")
+        return _embedding_model(encoder, folder, f"streamdistill/{profile.name}-{label}", profile)
     if variant is not None:
         raise ValueError("variant= only applies to stage names (B, B-hard, ...)")
     if name in {MINILM, "all-MiniLM-L6-v2"}:
@@ -238,7 +239,7 @@ def resolve_model(name: str, profile: Profile | str | None = None, sets: dict[st
                 raise ValueError(f"pooling= needs a streamdistill encoder folder, not {path}")
             encoder = Encoder.load(path)
             encoder.pooling = pooling
-            return _embedding_model(encoder, path, f"streamdistill/{path.name}-{pooling}")
+            return _embedding_model(encoder, path, f"streamdistill/{path.name}-{pooling}", profile)
         return load_folder(path)
     if pooling:
         raise ValueError(f"--set pooling needs a stage name ({', '.join(MODELS)}) or a streamdistill encoder "
