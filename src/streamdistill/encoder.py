@@ -53,7 +53,7 @@ ATTENTION_MODES = ("causal", "bidirectional")
 POOLINGS = ("mean", "last", "echo")
 # inference precisions: bf16 autocast doubles a merged encoder's CPU throughput where the CPU has
 # bf16 matrix units (AMX), at a cosine of 0.99999 to float32 (benchmarks/sizing.py measures both)
-PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
+PRECISIONS = ("float32", "bfloat16")
 # Springer et al. (2024), the "echo" prompt; the text x is inserted after each piece.
 ECHO_PREFIX = "Rewrite the sentence: "
 ECHO_MIDDLE = ", rewritten sentence: "
@@ -490,8 +490,7 @@ class Encoder(nn.Module):
         self.eval()
         out = torch.empty(len(ids), self.embed_dim)
         try:
-            autocast = torch.autocast(self.device.type, dtype=PRECISIONS[precision] or torch.bfloat16,
-                                      enabled=PRECISIONS[precision] is not None)
+            autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
             with torch.no_grad(), autocast:
                 for start in starts:
                     chunk = order[start : start + batch_size]
