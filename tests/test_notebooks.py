@@ -139,15 +139,23 @@ def test_timings_table_checks_the_cold_budget(tmp_path):
     book.timings_path("cpu", tmp_path).write_text(json.dumps(record))
     table = book.timings_table("cpu", tmp_path)
     assert "| 06_ablations | not run |" in table and "cannot be checked yet: 06_ablations not timed" in table
-    record["notebooks"]["06_ablations"] = {**run, "seconds": 50 * 60.0}
+    assert "| 01_a | 100.0 | 1 | 2 | 2026-12-02 04:56:26 | not recorded |" in table  # a record from before the probe
+    record["notebooks"]["06_ablations"] = {**run, "seconds": 50 * 60.0, "speed": {"fp32_gflops": 123.46, "bf16_gflops": 367.3}}
     book.timings_path("cpu", tmp_path).write_text(json.dumps(record))
     table = book.timings_table("cpu", tmp_path)
-    assert "**150.0**" in table
+    assert "**150.0**" in table and "| 123 / 367 |" in table
     assert "the whole book 150 minutes, within its 180; the ablations (06_ablations) take 50 of them" in table
     record["notebooks"]["01_a"]["seconds"] = 140 * 60.0
     book.timings_path("cpu", tmp_path).write_text(json.dumps(record))
     assert "190 minutes, over its 180; the ablations (06_ablations) take 50 of them" in book.timings_table("cpu", tmp_path)
     assert book.budget_sentence("tiny", record["notebooks"], ["01_a"]) == ""
+
+
+def test_machine_speed_measures_both_precisions():
+    from streamdistill.book import machine_speed
+
+    speed = machine_speed(seconds=0.05)
+    assert set(speed) == {"fp32_gflops", "bf16_gflops"} and all(v > 0 for v in speed.values())
 
 
 def test_a_notebook_is_named_by_its_stem_or_a_unique_prefix():

@@ -48,6 +48,24 @@ def _built_counts() -> tuple[int, int]:
     return artifacts, results
 
 
+def machine_speed(seconds: float = 0.5) -> dict[str, float]:
+    """GFLOP/s of one matmul of the cpu model's shape (a batch of 32 texts at 96 tokens through an
+    MLP projection), float32 and bf16, on this process's threads: this machine's speed varies by
+    2x and more between days on unchanged code, so each timing is recorded with the speed it ran at."""
+    import torch
+
+    speeds = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = torch.randn(32 * 96, 576, dtype=dtype), torch.randn(576, 1536, dtype=dtype)
+        a @ b  # one-off costs
+        count, started = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - started) < seconds:
+            a @ b
+            count += 1
+        speeds[f"{name}_gflops"] = round(2 * a.shape[0] * a.shape[1] * b.shape[1] * count / elapsed / 1e9, 1)
+    return speeds
+
+
 def execute_notebooks(profile: str, root: Path | None = None, names: list[str] | None = None) -> dict[str, dict]:
     """Run the notebooks (all of the toc, or ``names``) and merge their timings into the JSON."""
     import papermill
@@ -65,6 +83,7 @@ def execute_notebooks(profile: str, root: Path | None = None, names: list[str] |
         if not src.exists():
             raise FileNotFoundError(f"the toc lists {stem} but {src} does not exist")
         before = _built_counts()
+        speed = machine_speed()
         started = time.perf_counter()
         print(f"[book] executing {src.name} (profile={profile})", file=sys.stderr, flush=True)
         papermill.execute_notebook(
@@ -74,7 +93,7 @@ def execute_notebooks(profile: str, root: Path | None = None, names: list[str] |
         after = _built_counts()
         runs[stem] = {"seconds": round(time.perf_counter() - started, 1), "artifacts_built": after[0] - before[0],
                       "results_written": after[1] - before[1],
-                      "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                      "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "speed": speed}
         print(f"[book] {src.name}: {runs[stem]['seconds']} s", file=sys.stderr, flush=True)
         record["notebooks"][stem] = runs[stem]
         record["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
@@ -107,18 +126,21 @@ def timings_table(profile: str, root: Path | None = None) -> str:
     if not path.exists():
         return f"No timings recorded for profile `{profile}` yet (`streamdistill book --profile {profile}` writes them).\n"
     record = json.loads(path.read_text())
-    rows = ["| notebook | minutes | artifacts built | mteb results written | finished (UTC) |", "|---|---|---|---|---|"]
+    rows = ["| notebook | minutes | artifacts built | mteb results written | finished (UTC) | speed (GFLOP/s fp32 / bf16) |",
+            "|---|---|---|---|---|---|"]
     total = 0.0
     stems = toc_notebooks(root)
     for stem in stems:
         run = record["notebooks"].get(stem)
         if run is None:
-            rows.append(f"| {stem} | not run | | | |")
+            rows.append(f"| {stem} | not run | | | | |")
             continue
         total += run["seconds"]
+        speed = run.get("speed")
+        speed = f"{speed['fp32_gflops']:.0f} / {speed['bf16_gflops']:.0f}" if speed else "not recorded"
         rows.append(f"| {stem} | {run['seconds'] / 60:.1f} | {run['artifacts_built']} | {run['results_written']} | "
-                    f"{run['finished'].replace('T', ' ').replace('+00:00', '')} |")
-    rows.append(f"| **sum** | **{total / 60:.1f}** | | | |")
+                    f"{run['finished'].replace('T', ' ').replace('+00:00', '')} | {speed} |")
+    rows.append(f"| **sum** | **{total / 60:.1f}** | | | | |")
     machine = record.get("machine", {})
     note = (f"\nProfile `{profile}`, recorded by `streamdistill book` in `book/timings-{profile}.json` on "
             f"{machine.get('cpus', '?')} CPUs ({machine.get('platform', '?')}, Python {machine.get('python', '?')}).\n")
