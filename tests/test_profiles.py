@@ -25,6 +25,7 @@ def test_overrides_are_typed():
 @pytest.mark.parametrize("sets, message", [
     ({"nope": "1"}, "unknown setting 'nope'"),
     ({"train_steps": "many"}, "expected int"),
+    ({"eval_precision": "fp8"}, "eval_precision='fp8': choose one of: float32, bfloat16"),
 ])
 def test_bad_overrides(sets, message):
     with pytest.raises(ProfileError, match=message):

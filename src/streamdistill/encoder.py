@@ -48,12 +48,10 @@ from torch import nn
 
 from .artifacts import ArtifactError, atomic_dir, atomic_write_json, load_tensors, save_tensors, verify
 from .decoders import decoder_stack, quiet_transformers
+from .profiles import PRECISIONS
 
 ATTENTION_MODES = ("causal", "bidirectional")
 POOLINGS = ("mean", "last", "echo")
-# inference precisions: bf16 autocast doubles a merged encoder's CPU throughput where the CPU has
-# bf16 matrix units (AMX), at a cosine of 0.99999 to float32 (benchmarks/sizing.py measures both)
-PRECISIONS = ("float32", "bfloat16")
 # Springer et al. (2024), the "echo" prompt; the text x is inserted after each piece.
 ECHO_PREFIX = "Rewrite the sentence: "
 ECHO_MIDDLE = ", rewritten sentence: "

@@ -16,6 +16,9 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 PROFILE_ENV = "STREAMDISTILL_PROFILE"
+# inference precisions: bf16 autocast doubles a merged encoder's CPU throughput where the CPU has
+# bf16 matrix units (AMX), at a cosine of 0.99999 to float32 (benchmarks/sizing.py measures both)
+PRECISIONS = ("float32", "bfloat16")
 
 
 class ProfileError(ValueError):
@@ -73,7 +76,7 @@ class Profile:
     # --- evaluation ---
     eval_max_length: int = 96  # tokens of text every model reads (Echo reads them twice)
     eval_batch_size: int = 32
-    # stage models are scored under bf16 autocast (encoder.PRECISIONS): twice the float32 rate on a
+    # stage models are scored under bf16 autocast (PRECISIONS): twice the float32 rate on a
     # CPU with AMX (benchmarks/sizing.py); streaming fidelity and training stay float32
     eval_precision: str = "bfloat16"
     # deterministic subsample per split (None = full task); `tiny` keeps CI fast
@@ -254,6 +257,8 @@ def get_profile(name: str | Profile | None = None, overrides: dict[str, Any] | N
             valid = ", ".join(k for k in known if k != "name")
             raise ProfileError(f"unknown setting {key!r}; valid settings: {valid}")
         changes[key] = _coerce(key, raw, getattr(base, key), str(known[key].type))
+    if changes.get("eval_precision", base.eval_precision) not in PRECISIONS:  # refused here, not at the first encode
+        raise ProfileError(f"--set eval_precision={changes['eval_precision']!r}: choose one of: {', '.join(PRECISIONS)}")
     return replace(base, **changes)
 
 
