@@ -210,21 +210,27 @@ def test_paper_code_path_with_a_tiny_random_qwen2_and_lora():
     assert encoder.encode("a cat sat").shape == (32,)
 
 
-def test_gap_closure_experiment_pairs_the_four_models_over_seeds(monkeypatch):
-    base = {"A": 50.0, "A+Echo": 51.0, "B": 56.0, "C": 54.0}
+def fake_stage_scores(monkeypatch, base: dict[str, float], per_seed: float) -> list[tuple]:
+    """Stage models that score ``base[name] + per_seed * seed`` on every task (A: no seed term),
+    without training or evaluating anything; returns the (name, seed, tasks) of every evaluation."""
     seen = []
 
     def fake_evaluate(model, tasks, profile):
-        seen.append((model.name, profile.seed))
         name = model.name.split("-", 1)[1]
+        seen.append((name, profile.seed, tuple(tasks)))
         return {"model": model.name, "revision": model.revision,
-                "scores": {t: base[name] + 0.3 * profile.seed * (name != "A") for t in tasks}}
+                "scores": {t: base[name] + per_seed * profile.seed * (name != "A") for t in tasks}}
 
     monkeypatch.setattr(pipeline, "evaluate_model", fake_evaluate)
     monkeypatch.setattr(pipeline, "resolve_model", lambda name, profile: type("M", (), {
         "name": f"tiny-{name}", "revision": "r"})())
+    return seen
+
+
+def test_gap_closure_experiment_pairs_the_four_models_over_seeds(monkeypatch):
+    seen = fake_stage_scores(monkeypatch, {"A": 50.0, "A+Echo": 51.0, "B": 56.0, "C": 54.0}, per_seed=0.3)
     report = pipeline.gap_closure_experiment(TINY, tasks=["STSBenchmark", "SciFact"])
-    assert seen == [(f"tiny-{m}", s) for m in ("A", "B", "C", "A+Echo") for s in TINY.seeds]
+    assert [(name, seed) for name, seed, _ in seen] == [(m, s) for m in ("A", "B", "C", "A+Echo") for s in TINY.seeds]
     assert report["seeds"] == list(TINY.seeds) and report["per_seed"]["C"]["1"] == pytest.approx(54.3)
     assert report["b_minus_a"]["mean"] == pytest.approx(6.15) and report["resolved"]
     assert report["gap_closure"] == pytest.approx(4.15 / 6.15)
@@ -237,17 +243,7 @@ def test_teacher_variants_are_scored_on_the_sub_slice_only(monkeypatch):
     from streamdistill.tasks import PAPER_SUBSLICE
 
     base = {"A": 50.0, "B": 55.0, "C": 54.0, "B-scaled": 55.5, "B-hard": 53.0, "B-linear": 55.0}
-    seen = []
-
-    def fake_evaluate(model, tasks, profile):
-        name = model.name.split("-", 1)[1]
-        seen.append((name, profile.seed, tuple(tasks)))
-        return {"model": model.name, "revision": model.revision,
-                "scores": {t: base[name] + 0.5 * profile.seed * (name != "A") for t in tasks}}
-
-    monkeypatch.setattr(pipeline, "evaluate_model", fake_evaluate)
-    monkeypatch.setattr(pipeline, "resolve_model", lambda name, profile: type("M", (), {
-        "name": f"tiny-{name}", "revision": "r"})())
+    seen = fake_stage_scores(monkeypatch, base, per_seed=0.5)
     out = pipeline.teacher_variants_experiment(TINY)
     assert {tasks for _, _, tasks in seen} == {tuple(PAPER_SUBSLICE)}
     assert sorted(s for name, s, _ in seen if name == "B-scaled") == list(TINY.seeds)
