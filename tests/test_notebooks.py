@@ -168,3 +168,17 @@ def test_a_notebook_is_named_by_its_stem_or_a_unique_prefix():
         resolve_notebook("05", stems)
     with pytest.raises(FileNotFoundError, match="'99' is not in the toc"):
         resolve_notebook("99", stems)
+
+
+def test_the_book_reads_mathjax_offline(tmp_path):
+    """_config.yml loads MathJax from _static/, and offline_mathjax puts that file and its fonts there."""
+    import yaml
+
+    from streamdistill.artifacts import repo_root
+    from streamdistill.book import offline_mathjax
+
+    path = yaml.safe_load((repo_root() / "_config.yml").read_text())["sphinx"]["config"]["mathjax_path"]
+    assert not path.startswith(("http:", "https:", "//")), path
+    dest = offline_mathjax(tmp_path)
+    assert dest == tmp_path / "_static" / "mathjax" and (dest / path.removeprefix("mathjax/")).stat().st_size > 10**6
+    assert list((dest / "output" / "chtml" / "fonts" / "woff-v2").glob("MathJax_Main-Regular.woff"))

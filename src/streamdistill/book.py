@@ -276,6 +276,32 @@ def write_claims(profile: str, root: Path | None = None) -> Path:
     return out
 
 
+MATHJAX_PACKAGE = "django-static-mathjax"  # MathJax 3's es5 build as plain files; it declares no dependencies
+MATHJAX_FILES = ("tex-mml-chtml.js", "output/chtml/fonts/woff-v2")  # what _config.yml's mathjax_path loads
+
+
+def offline_mathjax(root: Path | None = None) -> Path:
+    """Copy MathJax from the installed ``django-static-mathjax`` wheel into ``_static/mathjax/``
+    (git-ignored), where ``_config.yml``'s ``mathjax_path`` points: the book's math typesets
+    offline, where Jupyter Book's default (a CDN) leaves TeX source on the page."""
+    import importlib.util
+    import shutil
+
+    spec = importlib.util.find_spec("mathjax")
+    es5 = Path(spec.submodule_search_locations[0]) / "static" / "mathjax" / "es5" if spec else None
+    if es5 is None or not (es5 / MATHJAX_FILES[0]).exists():
+        raise FileNotFoundError(f"MathJax is not installed: pip install {MATHJAX_PACKAGE} (make book installs it)")
+    dest = (root or repo_root()) / "_static" / "mathjax"
+    for name in MATHJAX_FILES:
+        source = es5 / name
+        if source.is_dir():
+            shutil.copytree(source, dest / name, dirs_exist_ok=True)
+        else:
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, dest / name)
+    return dest
+
+
 def build_book(profile: str = "cpu", execute: bool = True, root: Path | None = None,
                names: list[str] | None = None, render: bool = True) -> dict:
     root = root or repo_root()
@@ -287,6 +313,7 @@ def build_book(profile: str = "cpu", execute: bool = True, root: Path | None = N
         write_claims(profile, root)
     atomic_write_text(root / "book" / "_generated" / "timings.md", timings_table(profile, root))
     atomic_write_text(root / "book" / "_generated" / "sizing.md", sizing_table(root))
+    offline_mathjax(root)
     if not (Path(sys.executable).parent / "jupyter-book").exists():
         raise FileNotFoundError("jupyter-book is not installed in this environment (make book installs it)")
     cmd = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(root), "--toc", str(root / TOC),
