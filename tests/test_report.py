@@ -137,3 +137,9 @@ def test_the_differences_table_keeps_numeric_columns_so_it_rounds():
     table = R.differences_table({"B − A": seeded["b_minus_a"]}).round(3)
     assert table.loc["B − A", "difference"] == round(seeded["b_minus_a"]["mean"], 3)
     assert table["resolved"].dtype == bool and table["seeds"].dtype.kind == "i"
+
+
+def test_a_difference_that_rounds_to_zero_prints_without_a_minus_sign():
+    quant = {"teacher": {"float32": 50.0, "int8": 49.96, "binary": 49.1}}
+    assert R.quantization_here_text(quant) == "teacher: int8 +0.0, binary -0.9"
+    assert R.paired_difference([50.0, 50.0, 50.0], [50.003, 49.998, 50.0]).text().startswith("+0.00 ±")

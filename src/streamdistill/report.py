@@ -21,6 +21,7 @@ from .stats import (  # noqa: F401  (the noise arithmetic the verdicts read; re-
     fieller_interval,
     paired_difference,
     pooled_sd,
+    signed,
     single_seed_difference,
 )
 
@@ -312,5 +313,5 @@ def quantization_inheritance_verdict(quant: dict[str, dict[str, float]], spread:
 
 
 def quantization_here_text(quant: dict[str, dict[str, float]]) -> str:
-    return "; ".join(f"{name}: int8 {v['int8'] - v['float32']:+.1f}, binary {v['binary'] - v['float32']:+.1f}"
+    return "; ".join(f"{name}: int8 {signed(v['int8'] - v['float32'], 1)}, binary {signed(v['binary'] - v['float32'], 1)}"
                      for name, v in quant.items())

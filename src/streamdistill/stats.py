@@ -15,6 +15,12 @@ import numpy as np
 GATE = 2.0  # a difference counts only beyond GATE standard errors
 
 
+def signed(x: float, digits: int) -> str:
+    """``x`` with its sign at ``digits`` decimals, rounded first: a value that rounds to zero reads
+    +0.0, never -0.0."""
+    return f"{round(float(x), digits) + 0.0:+.{digits}f}"
+
+
 def _t(n: int, level: float = 0.95) -> float:
     """Student's t quantile for ``n`` paired samples (``n - 1`` degrees of freedom)."""
     from scipy.stats import t
@@ -49,7 +55,7 @@ class Difference:
         return 0 if not self.resolved else (1 if self.mean > 0 else -1)
 
     def text(self, unit: str = "points") -> str:
-        return f"{self.mean:+.2f} ± {self.se:.2f} {unit}"
+        return f"{signed(self.mean, 2)} ± {self.se:.2f} {unit}"
 
 
 def _difference(mean: float, sd: float, n: int, se: float, rule: str) -> Difference:
