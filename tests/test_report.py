@@ -132,6 +132,18 @@ def test_percentages_never_read_minus_zero():
     assert R._pct(-math.inf) == "−∞"
 
 
+def test_an_unbounded_closure_interval_is_said_in_words():
+    """B − A beyond 2 SE but not beyond t(0.975, 2) SE at three seeds: the 2-SE gate lets the
+    closure through, Fieller's interval is unbounded, and the text says why instead of −∞ to +∞."""
+    gap = {"mean": 1.0, "se": 0.4, "n": 3, "sd": 0.69, "ci": (-0.7, 2.7), "resolved": True, "mdd": 0.8,
+           "seeds_to_resolve": 2, "rule": "paired"}
+    by_type = {"Retrieval": {"b_minus_a": gap, "resolved": True, "gap_closure": -1.12,
+                             "gap_closure_interval": (-math.inf, math.inf)}}
+    verdict, text = R.per_type_claim(by_type)
+    assert verdict == R.NOT_RESOLVED and "∞" not in text
+    assert text == "Retrieval -112 % (interval unbounded: B − A is not distinguishable from 0 at 95 %)"
+
+
 def test_the_differences_table_keeps_numeric_columns_so_it_rounds():
     seeded = _seeded([50, 51, 50.5], [55.1234, 56, 54.5], [53, 54, 53.5], [51, 51.5, 50])
     table = R.differences_table({"B − A": seeded["b_minus_a"]}).round(3)

@@ -116,7 +116,7 @@ def closure_verdict(seeded: dict[str, Any], paper: float = PAPER_GAP_CLOSURE) ->
         return NOT_RESOLVED, (f"B − A = {gap.text()} over {gap.n} seeds is within the noise (the gate is "
                               f"{GATE:g} SE = {gap.mdd:.2f} points; about {gap.seeds_to_resolve} seeds would resolve a gap "
                               "this size), so there is no resolved gap to close.")
-    shown = f"{_pct(seeded['gap_closure'])} (95 % interval {_pct(lo)} to {_pct(hi)})"
+    shown = f"{_pct(seeded['gap_closure'])} (95 % interval {_interval(lo, hi)})"
     if hi < paper:
         return DOES_NOT_HOLD, f"The student closes {shown} of the B − A gap of {gap.text()}: below the paper's {100 * paper:.1f} %."
     if lo <= 0:
@@ -127,6 +127,14 @@ def closure_verdict(seeded: dict[str, Any], paper: float = PAPER_GAP_CLOSURE) ->
 def _pct(x: float) -> str:
     # rounded as an integer first, so that -0.3 % reads "0 %", not "-0 %"
     return "−∞" if x == -math.inf else "+∞" if x == math.inf else f"{round(100 * x)} %"
+
+
+def _interval(lo: float, hi: float) -> str:
+    """A closure's interval in words; Fieller's is unbounded when B − A is not distinguishable from
+    0 at 95 % (t-based: wider than the 2-SE gate at a few seeds), and then no ratio is measured."""
+    if lo == -math.inf and hi == math.inf:
+        return "interval unbounded: B − A is not distinguishable from 0 at 95 %"
+    return f"{_pct(lo)} to {_pct(hi)}"
 
 
 def difference_verdict(diff: dict | Difference, claim: str, better: str, worse: str) -> tuple[str, str]:
@@ -234,7 +242,7 @@ def closure_text(seeded: dict[str, Any]) -> str:
     if not gap.resolved:
         return f"no resolved gap: B − A = {gap.text()}"
     lo, hi = seeded["gap_closure_interval"]
-    return f"{_pct(seeded['gap_closure'])} ({_pct(lo)} to {_pct(hi)})"
+    return f"{_pct(seeded['gap_closure'])} ({_interval(lo, hi)})"
 
 
 def per_type_paper_text() -> str:
@@ -252,7 +260,7 @@ def per_type_claim(by_type: dict[str, Any]) -> tuple[str, str]:
     for kind, v in resolved.items():
         lo, hi = v["gap_closure_interval"]
         paper = PAPER_GAP_CLOSURE_BY_TYPE.get(kind)
-        parts.append(f"{kind} {_pct(v['gap_closure'])} ({_pct(lo)} to {_pct(hi)})")
+        parts.append(f"{kind} {_pct(v['gap_closure'])} ({_interval(lo, hi)})")
         if paper is not None:
             verdicts.append(DOES_NOT_HOLD if hi < paper else NOT_RESOLVED if lo <= 0 else HOLDS)
     others = [k for k in by_type if k not in resolved]
