@@ -139,7 +139,7 @@ def test_timings_table_checks_the_cold_budget(tmp_path):
     book.timings_path("cpu", tmp_path).write_text(json.dumps(record))
     table = book.timings_table("cpu", tmp_path)
     assert "| 06_ablations | not run |" in table and "cannot be checked yet: 06_ablations not timed" in table
-    assert "| 01_a | 100.0 | 1 | 2 | 2026-12-02 04:56:26 | not recorded |" in table  # a record from before the probe
+    assert "| 01_a | 100.0 | 1 | 2 | 2026-12-02 04:56:26 | not recorded | not run |" in table  # from before the probe
     record["notebooks"]["06_ablations"] = {**run, "seconds": 50 * 60.0, "speed": {"fp32_gflops": 123.46, "bf16_gflops": 367.3}}
     book.timings_path("cpu", tmp_path).write_text(json.dumps(record))
     table = book.timings_table("cpu", tmp_path)
@@ -149,6 +149,39 @@ def test_timings_table_checks_the_cold_budget(tmp_path):
     book.timings_path("cpu", tmp_path).write_text(json.dumps(record))
     assert "190 minutes, over its 180; the ablations (06_ablations) take 50 of them" in book.timings_table("cpu", tmp_path)
     assert book.budget_sentence("tiny", record["notebooks"], ["01_a"]) == ""
+
+
+def test_a_warm_run_never_replaces_a_cold_time():
+    """Re-running a built book records warm times beside the cold ones; a notebook that builds
+    nothing even cold (it reuses earlier stages) costs the same each run, so its runs count as cold."""
+    from streamdistill.book import merge_run
+
+    def run(seconds, artifacts=0, results=0):
+        return {"seconds": seconds, "artifacts_built": artifacts, "results_written": results, "finished": "2026-12-04T01:00:00+00:00"}
+
+    record = {"notebooks": {}}
+    assert merge_run(record, "05", run(3000.0, 8, 69)) == "cold"
+    assert merge_run(record, "07", run(300.0)) == "cold"  # nothing to build, even cold
+    assert merge_run(record, "05", run(120.0)) == "warm" and record["notebooks"]["05"]["seconds"] == 3000.0
+    assert merge_run(record, "07", run(290.0)) == "cold" and record["notebooks"]["07"]["seconds"] == 290.0
+    assert record["warm"] == {"05": run(120.0), "07": run(290.0)}
+    assert merge_run(record, "05", run(2900.0, 1, 0)) == "cold" and record["notebooks"]["05"]["seconds"] == 2900.0
+    assert record["warm"]["05"]["seconds"] == 120.0  # the last warm run stays beside it
+
+
+def test_the_timings_table_sums_warm_runs_once_every_notebook_has_one(tmp_path):
+    from streamdistill.book import timings_path, timings_table
+
+    (tmp_path / "book").mkdir()
+    (tmp_path / "book" / "_toc.yml").write_text("- file: book/notebooks/05\n- file: book/notebooks/07\n")
+    cold = {"artifacts_built": 1, "results_written": 0, "finished": "2026-12-04T01:00:00+00:00"}
+    record = {"notebooks": {"05": {**cold, "seconds": 600.0}, "07": {**cold, "seconds": 60.0}},
+              "warm": {"05": {**cold, "seconds": 30.0}}}
+    timings_path("cpu", tmp_path).write_text(json.dumps(record))
+    assert "| **11.0** | | | | |  |" in timings_table("cpu", tmp_path)  # no warm sum while 07 has no warm run
+    record["warm"]["07"] = {**cold, "seconds": 60.0}
+    timings_path("cpu", tmp_path).write_text(json.dumps(record))
+    assert "| **11.0** | | | | | **1.5** |" in timings_table("cpu", tmp_path)
 
 
 def test_machine_speed_measures_both_precisions():

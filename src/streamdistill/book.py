@@ -94,11 +94,32 @@ def execute_notebooks(profile: str, root: Path | None = None, names: list[str] |
         runs[stem] = {"seconds": round(time.perf_counter() - started, 1), "artifacts_built": after[0] - before[0],
                       "results_written": after[1] - before[1],
                       "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "speed": speed}
-        print(f"[book] {src.name}: {runs[stem]['seconds']} s", file=sys.stderr, flush=True)
-        record["notebooks"][stem] = runs[stem]
+        kind = merge_run(record, stem, runs[stem])
+        print(f"[book] {src.name}: {runs[stem]['seconds']} s ({kind})", file=sys.stderr, flush=True)
         record["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
         atomic_write_json(path, record)
     return runs
+
+
+def _built(run: dict) -> bool:
+    return bool(run["artifacts_built"] or run["results_written"])
+
+
+def merge_run(record: dict, stem: str, run: dict) -> str:
+    """Put one notebook's run into the timings record; returns ``"cold"`` or ``"warm"``.
+
+    A run that trained no artifact and wrote no mteb result is warm: it goes under ``warm`` and
+    leaves the cold record alone, so re-running a built book never passes a warm time off as a cold
+    one. A notebook whose cold run built nothing either (it reuses earlier notebooks' stages only)
+    costs the same every time, so each of its runs is also its cold time.
+    """
+    cold = record["notebooks"].get(stem)
+    if not _built(run):
+        record.setdefault("warm", {})[stem] = run
+    if _built(run) or cold is None or not _built(cold):
+        record["notebooks"][stem] = run
+        return "cold"
+    return "warm"
 
 
 def resolve_notebook(name: str, stems: list[str]) -> str:
@@ -126,21 +147,24 @@ def timings_table(profile: str, root: Path | None = None) -> str:
     if not path.exists():
         return f"No timings recorded for profile `{profile}` yet (`streamdistill book --profile {profile}` writes them).\n"
     record = json.loads(path.read_text())
-    rows = ["| notebook | minutes | artifacts built | mteb results written | finished (UTC) | speed (GFLOP/s fp32 / bf16) |",
-            "|---|---|---|---|---|---|"]
+    rows = ["| notebook | minutes, cold | artifacts built | mteb results written | finished (UTC) | "
+            "speed (GFLOP/s fp32 / bf16) | minutes, warm |", "|---|---|---|---|---|---|---|"]
     total = 0.0
     stems = toc_notebooks(root)
+    warm = {stem: record.get("warm", {}).get(stem) for stem in stems}
     for stem in stems:
         run = record["notebooks"].get(stem)
+        warm_minutes = f"{warm[stem]['seconds'] / 60:.1f}" if warm[stem] else "not run"
         if run is None:
-            rows.append(f"| {stem} | not run | | | | |")
+            rows.append(f"| {stem} | not run | | | | | {warm_minutes} |")
             continue
         total += run["seconds"]
         speed = run.get("speed")
         speed = f"{speed['fp32_gflops']:.0f} / {speed['bf16_gflops']:.0f}" if speed else "not recorded"
         rows.append(f"| {stem} | {run['seconds'] / 60:.1f} | {run['artifacts_built']} | {run['results_written']} | "
-                    f"{run['finished'].replace('T', ' ').replace('+00:00', '')} | {speed} |")
-    rows.append(f"| **sum** | **{total / 60:.1f}** | | | | |")
+                    f"{run['finished'].replace('T', ' ').replace('+00:00', '')} | {speed} | {warm_minutes} |")
+    warm_total = f"**{sum(w['seconds'] for w in warm.values()) / 60:.1f}**" if all(warm.values()) else ""
+    rows.append(f"| **sum** | **{total / 60:.1f}** | | | | | {warm_total} |")
     machine = record.get("machine", {})
     note = (f"\nProfile `{profile}`, recorded by `streamdistill book` in `book/timings-{profile}.json` on "
             f"{machine.get('cpus', '?')} CPUs ({machine.get('platform', '?')}, Python {machine.get('python', '?')}).\n")
