@@ -215,3 +215,18 @@ def test_the_book_reads_mathjax_offline(tmp_path):
     dest = offline_mathjax(tmp_path)
     assert dest == tmp_path / "_static" / "mathjax" and (dest / path.removeprefix("mathjax/")).stat().st_size > 10**6
     assert list((dest / "output" / "chtml" / "fonts" / "woff-v2").glob("MathJax_Main-Regular.woff"))
+
+
+def test_claims_sources_name_the_latest_run_warm_or_cold(tmp_path):
+    """The executed copy is the last run's: a warm re-run's time, not the cold one before it."""
+    from streamdistill.book import CLAIMS, timings_path, write_claims
+
+    label, stem, key = CLAIMS[0]
+    _executed(tmp_path / "book" / "notebooks" / f"{stem}.ipynb",
+              {f"{key}_paper": "p", f"{key}_here": "h", f"{key}_verdict": "holds"}, "cpu")
+    run = {"seconds": 1.0, "artifacts_built": 0, "results_written": 0}
+    timings_path("cpu", tmp_path).write_text(json.dumps({
+        "notebooks": {stem: {**run, "artifacts_built": 3, "finished": "2026-12-04T03:10:35+00:00"}},
+        "warm": {stem: {**run, "finished": "2026-12-04T05:00:00+00:00"}}}))
+    sources = json.loads(write_claims("cpu", tmp_path).read_text())["sources"]
+    assert sources[label] == f"{stem} executed 2026-12-04T05:00:00+00:00"

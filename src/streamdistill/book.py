@@ -284,8 +284,12 @@ def write_claims(profile: str, root: Path | None = None) -> Path:
     kept = {row["claim"]: row for row in before.get("rows", [])} if before.get("profile") == profile else {}
     old_sources = before.get("sources", {}) if kept else {}
     timings = timings_path(profile, root)
-    finished = {stem: run.get("finished", "") for stem, run in
-                (json.loads(timings.read_text())["notebooks"] if timings.exists() else {}).items()}
+    # the executed copy is the latest run, warm or cold (a warm run re-measures live figures such as throughput)
+    record = json.loads(timings.read_text()) if timings.exists() else {}
+    finished: dict[str, str] = {}
+    for runs in (record.get("notebooks", {}), record.get("warm", {})):
+        for stem, run in runs.items():
+            finished[stem] = max(finished.get(stem, ""), run.get("finished", ""))
     rows, sources = [], {}
     for row, (_, stem, _) in zip(claims(root, profile), CLAIMS):
         if row["verdict"] == "not run" and row["claim"] in kept:
