@@ -139,7 +139,7 @@ def test_timings_table_checks_the_cold_budget(tmp_path):
     book.timings_path("cpu", tmp_path).write_text(json.dumps(record))
     table = book.timings_table("cpu", tmp_path)
     assert "| 06_ablations | not run |" in table and "cannot be checked yet: 06_ablations not timed" in table
-    assert "| 01_a | 100.0 | 1 | 2 | 2026-12-02 04:56:26 | not recorded | not run |" in table  # from before the probe
+    assert "| 01_a | 100.0 | not run | 1 / 2 | not recorded | 2026-12-02 04:56 |" in table  # from before the probe
     record["notebooks"]["06_ablations"] = {**run, "seconds": 50 * 60.0, "speed": {"fp32_gflops": 123.46, "bf16_gflops": 367.3}}
     book.timings_path("cpu", tmp_path).write_text(json.dumps(record))
     table = book.timings_table("cpu", tmp_path)
@@ -178,10 +178,10 @@ def test_the_timings_table_sums_warm_runs_once_every_notebook_has_one(tmp_path):
     record = {"notebooks": {"05": {**cold, "seconds": 600.0}, "07": {**cold, "seconds": 60.0}},
               "warm": {"05": {**cold, "seconds": 30.0}}}
     timings_path("cpu", tmp_path).write_text(json.dumps(record))
-    assert "| **11.0** | | | | |  |" in timings_table("cpu", tmp_path)  # no warm sum while 07 has no warm run
+    assert "| **sum** | **11.0** |  | | | |" in timings_table("cpu", tmp_path)  # no warm sum while 07 has no warm run
     record["warm"]["07"] = {**cold, "seconds": 60.0}
     timings_path("cpu", tmp_path).write_text(json.dumps(record))
-    assert "| **11.0** | | | | | **1.5** |" in timings_table("cpu", tmp_path)
+    assert "| **sum** | **11.0** | **1.5** | | | |" in timings_table("cpu", tmp_path)
 
 
 def test_machine_speed_measures_both_precisions():

@@ -147,8 +147,8 @@ def timings_table(profile: str, root: Path | None = None) -> str:
     if not path.exists():
         return f"No timings recorded for profile `{profile}` yet (`streamdistill book --profile {profile}` writes them).\n"
     record = json.loads(path.read_text())
-    rows = ["| notebook | minutes, cold | artifacts built | mteb results written | finished (UTC) | "
-            "speed (GFLOP/s fp32 / bf16) | minutes, warm |", "|---|---|---|---|---|---|---|"]
+    rows = ["| notebook | minutes, cold | minutes, warm | built (artifacts / results) | GFLOP/s (fp32 / bf16) | finished (UTC) |",
+            "|---|---|---|---|---|---|"]
     total = 0.0
     stems = toc_notebooks(root)
     warm = {stem: record.get("warm", {}).get(stem) for stem in stems}
@@ -156,15 +156,16 @@ def timings_table(profile: str, root: Path | None = None) -> str:
         run = record["notebooks"].get(stem)
         warm_minutes = f"{warm[stem]['seconds'] / 60:.1f}" if warm[stem] else "not run"
         if run is None:
-            rows.append(f"| {stem} | not run | | | | | {warm_minutes} |")
+            rows.append(f"| {stem} | not run | {warm_minutes} | | | |")
             continue
         total += run["seconds"]
         speed = run.get("speed")
         speed = f"{speed['fp32_gflops']:.0f} / {speed['bf16_gflops']:.0f}" if speed else "not recorded"
-        rows.append(f"| {stem} | {run['seconds'] / 60:.1f} | {run['artifacts_built']} | {run['results_written']} | "
-                    f"{run['finished'].replace('T', ' ').replace('+00:00', '')} | {speed} | {warm_minutes} |")
+        finished = run["finished"].replace("T", " ").replace("+00:00", "")[:16]
+        rows.append(f"| {stem} | {run['seconds'] / 60:.1f} | {warm_minutes} | {run['artifacts_built']} / "
+                    f"{run['results_written']} | {speed} | {finished} |")
     warm_total = f"**{sum(w['seconds'] for w in warm.values()) / 60:.1f}**" if all(warm.values()) else ""
-    rows.append(f"| **sum** | **{total / 60:.1f}** | | | | | {warm_total} |")
+    rows.append(f"| **sum** | **{total / 60:.1f}** | {warm_total} | | | |")
     machine = record.get("machine", {})
     note = (f"\nProfile `{profile}`, recorded by `streamdistill book` in `book/timings-{profile}.json` on "
             f"{machine.get('cpus', '?')} CPUs ({machine.get('platform', '?')}, Python {machine.get('python', '?')}).\n")
