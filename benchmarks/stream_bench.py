@@ -10,7 +10,6 @@ the largest cosine distance between cached and recomputed embeddings, and the ca
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -21,8 +20,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
+from streamdistill.artifacts import atomic_write_json  # noqa: E402
 from streamdistill.profiles import get_profile, parse_sets  # noqa: E402
 from streamdistill.registry import stream_encoders  # noqa: E402
+from streamdistill.report import stream_bench_text  # noqa: E402
 from streamdistill.streaming import stream_benchmark  # noqa: E402
 
 
@@ -50,21 +51,9 @@ def main(argv: list[str] | None = None) -> int:
                                         max_positions=max(profile.max_positions, 2 * longest + 64))
     r = stream_benchmark(profile, prefix=args.prefix, delta=args.delta, updates=args.updates, weights=weights,
                          growing=args.growing, verbose=args.verbose, **encoders)
-    print(f"profile {r['profile']} ({r['weights']} weights), L = {r['prefix']}, D = {r['delta']}, "
-          f"{r['updates']} updates, {r['threads']} threads")
-    for method, ms in r["latency_ms"].items():
-        print(f"  {method:<18} {ms:10.1f} ms (median)")
-    print(f"speed-up of the KV cache: {r['speedup_vs_teacher']:.1f}x vs teacher B, "
-          f"{r['speedup_vs_echo']:.1f}x vs A+Echo, {r['speedup_vs_recompute']:.1f}x vs its own recompute "
-          f"(token-ratio limit {r['token_ratio_limit']:.1f}x; "
-          f"{100 * r['speedup_vs_teacher'] / r['token_ratio_limit']:.0f} % of it vs B)")
-    print(f"max cosine distance cached vs recomputed: {r['max_cosine_distance']:.2e}; "
-          f"KV cache {r['cache_mb']:.1f} MB")
-    if r["echo_beyond_positions"]:
-        print(f"note: Echo's {r['echo_tokens']} tokens exceed the model's positions (timed, not meaningful as vectors)")
+    print(stream_bench_text(r))
     if args.out:
-        with open(args.out, "w") as fh:
-            json.dump(r, fh, indent=2)
+        atomic_write_json(args.out, r)
     return 0
 
 

@@ -155,3 +155,20 @@ def test_a_difference_that_rounds_to_zero_prints_without_a_minus_sign():
     quant = {"teacher": {"float32": 50.0, "int8": 49.96, "binary": 49.1}}
     assert R.quantization_here_text(quant) == "teacher: int8 +0.0, binary -0.9"
     assert R.paired_difference([50.0, 50.0, 50.0], [50.003, 49.998, 50.0]).text().startswith("+0.00 ±")
+
+
+@pytest.mark.parametrize("teacher_ms, distance, goal, fidelity", [(2600.0, 3e-15, "met", "within"),
+                                                                   (2000.0, 2e-6, "not met", "ABOVE")])
+def test_stream_bench_text_reads_the_goal_and_the_fidelity_from_the_figures(teacher_ms, distance, goal, fidelity):
+    kv = 100.0
+    bench = {"profile": "cpu", "weights": "trained", "prefix": 4096, "delta": 128, "updates": 3, "threads": 2,
+             "latency_ms": {"student_kv": kv, "teacher_recompute": teacher_ms},
+             "speedups_vs_teacher": [teacher_ms / kv * f for f in (0.8, 1.0, 1.1)],
+             "speedup_vs_teacher": teacher_ms / kv, "speedup_vs_echo": 80.0, "speedup_vs_recompute": 20.0,
+             "token_ratio_limit": 33.0, "max_cosine_distance": distance, "cache_mb": 24.8, "echo_beyond_positions": False}
+    text = R.stream_bench_text(bench)
+    median = teacher_ms / kv
+    assert f"{median:.1f}x (median; updates {0.8 * median:.1f}-{1.1 * median:.1f}x)" in text
+    assert f"{100 * median / 33:.0f} % of the token-ratio limit 33.0x" in text
+    assert text.splitlines()[3].endswith(f"goal {R.STREAM_GOAL:g}x: {goal}")
+    assert f"{distance:.2e} ({fidelity} 1e-6" in text

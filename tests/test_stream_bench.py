@@ -117,6 +117,8 @@ def test_cli_stream_bench_writes_json(tmp_path):
     result = json.loads(out.read_text())
     check_figures(result, PROFILE.stream_prefix, PROFILE.stream_delta, PROFILE.stream_updates)
     assert result["weights"] == "random"
+    assert json.loads(proc.stdout) == result  # stdout is the JSON; the reader's summary goes to stderr
+    assert f"token-ratio limit {result['token_ratio_limit']:.1f}x" in proc.stderr
 
 
 def test_cli_stream_bench_refuses_a_zero_prefix_in_one_line():

@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+# OpenMP threads that spin while waiting stall each small op of a cached streaming update whenever
+# another process holds a core (a shared 2-core machine); passive waiting costs the large matmuls
+# nothing. Set before torch starts its thread pool; the Makefile exports the same default.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from .artifacts import ArtifactError, atomic_write_json
 from .data import MirrorError
@@ -92,14 +98,17 @@ def cmd_gap_closure(args) -> dict:
 
 def cmd_stream_bench(args) -> dict:
     from .registry import stream_encoders
+    from .report import stream_bench_text
     from .streaming import stream_benchmark
 
     profile = get_profile(args.profile, parse_sets(args.set))
     # None means "the profile's value"; 0 or a negative number reaches stream_benchmark's check
     longest = (args.prefix or profile.stream_prefix) + (args.delta or profile.stream_delta)
     encoders, weights = stream_encoders(profile, max_positions=max(profile.max_positions, 2 * longest + 64))
-    return stream_benchmark(profile, prefix=args.prefix, delta=args.delta, updates=args.updates, weights=weights,
-                            **encoders)
+    result = stream_benchmark(profile, prefix=args.prefix, delta=args.delta, updates=args.updates,
+                              weights=weights, progress=True, **encoders)
+    print(stream_bench_text(result), file=sys.stderr)  # for a reader; stdout stays the JSON
+    return result
 
 
 def cmd_export(args) -> dict:

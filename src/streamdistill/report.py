@@ -158,6 +158,30 @@ def update_rule_verdict(values, paper: float, higher_is_better: bool = True) -> 
     return verdict, stats
 
 
+def stream_bench_text(bench: dict[str, Any]) -> str:
+    """What ``streamdistill stream-bench`` prints for a reader: the latencies, the speed-up against
+    the teacher's recompute (median and range of the updates) beside the token-ratio limit and this
+    book's goal, and the fidelity beside the paper's."""
+    speedups = bench.get("speedups_vs_teacher") or [bench["speedup_vs_teacher"]]
+    _, s = update_rule_verdict(speedups, STREAM_GOAL)
+    limit = bench["token_ratio_limit"]
+    goal = "met" if s["median"] >= STREAM_GOAL else "not met"
+    lines = [f"profile {bench['profile']} ({bench['weights']} weights), L = {bench['prefix']}, D = {bench['delta']}, "
+             f"{bench['updates']} updates, {bench['threads']} threads"]
+    lines += [f"  {method:<18} {ms:10.1f} ms (median)" for method, ms in bench["latency_ms"].items()]
+    lines.append(f"speed-up of the KV cache vs recomputing teacher B: {s['median']:.1f}x (median; updates "
+                 f"{s['min']:.1f}-{s['max']:.1f}x), {100 * s['median'] / limit:.0f} % of the token-ratio limit "
+                 f"{limit:.1f}x; this book's goal {STREAM_GOAL:g}x: {goal}")
+    lines.append(f"  vs A+Echo {bench['speedup_vs_echo']:.1f}x, vs its own recompute {bench['speedup_vs_recompute']:.1f}x")
+    fidelity = "within" if bench["max_cosine_distance"] <= 1e-6 else "ABOVE"
+    lines.append(f"max cosine distance cached vs recomputed: {bench['max_cosine_distance']:.2e} ({fidelity} 1e-6; "
+                 f"the paper's {PAPER_STREAM_FIDELITY:.3g}); KV cache {bench['cache_mb']:.1f} MB")
+    if bench.get("echo_beyond_positions"):
+        lines.append(f"note: Echo's {bench['echo_tokens']} tokens exceed the model's positions "
+                     "(timed, not meaningful as vectors)")
+    return "\n".join(lines)
+
+
 def harness_table(scores: dict[str, float], public: dict[str, float]):
     """The harness's scores of a public model beside its published ones, with the difference."""
     import pandas as pd

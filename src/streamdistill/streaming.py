@@ -468,7 +468,8 @@ def _cache_mb(stream: StreamingEncoder) -> float:
 
 def stream_benchmark(profile=None, prefix: int | None = None, delta: int | None = None, updates: int | None = None,
                      *, student: Encoder, teacher: Encoder, echo_model: Encoder, seed: int = 0,
-                     growing: bool = False, weights: str = "given", verbose: bool = False) -> dict[str, Any]:
+                     growing: bool = False, weights: str = "given", verbose: bool = False,
+                     progress: bool = False) -> dict[str, Any]:
     """Latency of re-embedding a growing stream: the student's KV cache against recomputation.
 
     A seeded stream of ``prefix + updates * delta`` random token ids. The student appends the
@@ -483,8 +484,11 @@ def stream_benchmark(profile=None, prefix: int | None = None, delta: int | None 
     (the first delta, rolled back) is excluded; latencies are medians over ``updates``.
     ``max_cosine_distance`` is the largest cosine distance between the KV-cache embedding and the
     full recompute of the same ids. ``weights`` labels the encoders in the result ("trained",
-    "random"); the registry's ``stream_encoders`` loads the book's.
+    "random"); the registry's ``stream_encoders`` loads the book's. ``progress`` shows a bar of the
+    updates on stderr; ``verbose`` prints each update's latencies.
     """
+    from tqdm.auto import tqdm
+
     profile = get_profile(profile)
     L = int(prefix if prefix is not None else profile.stream_prefix)
     D = int(delta if delta is not None else profile.stream_delta)
@@ -513,7 +517,8 @@ def stream_benchmark(profile=None, prefix: int | None = None, delta: int | None 
     with torch.inference_mode():
         stream.append_ids(ids[:L])
         at_prefix = stream.state
-        for u in range(-1, U):  # u = -1: warm-up on the first delta, rolled back, not recorded
+        for u in tqdm(range(-1, U), desc="stream updates", unit="update", disable=not progress):
+            # u = -1: warm-up on the first delta, rolled back, not recorded
             new = deltas[max(u, 0)]
             if not growing or u == 0:
                 stream.load_state(at_prefix)
