@@ -162,8 +162,7 @@ def stream_bench_text(bench: dict[str, Any]) -> str:
     """What ``streamdistill stream-bench`` prints for a reader: the latencies, the speed-up against
     the teacher's recompute (median and range of the updates) beside the token-ratio limit and this
     book's goal, and the fidelity beside the paper's."""
-    speedups = bench.get("speedups_vs_teacher") or [bench["speedup_vs_teacher"]]
-    _, s = update_rule_verdict(speedups, STREAM_GOAL)
+    _, s = update_rule_verdict(bench["speedups_vs_teacher"], STREAM_GOAL)
     limit = bench["token_ratio_limit"]
     goal = "met" if s["median"] >= STREAM_GOAL else "not met"
     lines = [f"profile {bench['profile']} ({bench['weights']} weights), L = {bench['prefix']}, D = {bench['delta']}, "
@@ -176,7 +175,7 @@ def stream_bench_text(bench: dict[str, Any]) -> str:
     fidelity = "within" if bench["max_cosine_distance"] <= 1e-6 else "ABOVE"
     lines.append(f"max cosine distance cached vs recomputed: {bench['max_cosine_distance']:.2e} ({fidelity} 1e-6; "
                  f"the paper's {PAPER_STREAM_FIDELITY:.3g}); KV cache {bench['cache_mb']:.1f} MB")
-    if bench.get("echo_beyond_positions"):
+    if bench["echo_beyond_positions"]:
         lines.append(f"note: Echo's {bench['echo_tokens']} tokens exceed the model's positions "
                      "(timed, not meaningful as vectors)")
     return "\n".join(lines)
