@@ -24,10 +24,55 @@ def test_all_ahead_verdict_each_outcome(c_minus, verdict):
     assert got == verdict and "vs A +3.00 ± 0.50 points" in sentence
 
 
-def test_threshold_verdict_both_ways():
-    assert R.threshold_verdict(92.0, 90.0, "retention", "at least 90 %", " %")[0] == R.HOLDS
-    verdict, sentence = R.threshold_verdict(2.1, 6.5, "throughput", "the paper's lower figure", "×")
-    assert verdict == R.DOES_NOT_HOLD and sentence == "throughput: 2.1× (rule: the paper's lower figure)."
+# --------------------------------------------------------------------------- the one rule
+
+
+@pytest.mark.parametrize("lo, hi, paper, verdict, words", [
+    (2.5, 3.5, 2.0, R.HOLDS, "above +0.00 and beyond the paper's +2.00"),         # wholly past the figure
+    (1.0, 2.5, 2.0, R.HOLDS, "above +0.00 and reaching the paper's +2.00"),       # excludes 0, reaches 2
+    (0.2, 1.5, 2.0, R.DOES_NOT_HOLD, "above +0.00 but short of the paper's +2.00"),
+    (-0.22, 1.24, 2.0, R.DOES_NOT_HOLD, "short of the paper's +2.00, and it holds +0.00"),  # Echo: say both
+    (-1.5, -0.5, 2.0, R.DOES_NOT_HOLD, "wholly below +0.00, the opposite of the paper's +2.00"),
+    (-0.5, 2.5, 2.0, R.NOT_RESOLVED, "holds both +0.00 and the paper's +2.00"),
+    (0.5, 1.5, None, R.HOLDS, "wholly above +0.00"), (-1.5, -0.5, None, R.DOES_NOT_HOLD, "wholly below +0.00"),
+    (-0.5, 0.5, None, R.NOT_RESOLVED, "holds +0.00"),
+])
+def test_the_one_rule_for_every_outcome(lo, hi, paper, verdict, words):
+    got, reason = R.judge(lo, hi, paper=paper)
+    assert got == verdict and words in reason, reason
+
+
+@pytest.mark.parametrize("lo, hi, verdict", [(1e-15, 5e-15, R.HOLDS), (2e-6, 5e-6, R.DOES_NOT_HOLD),
+                                             (1e-7, 2e-6, R.NOT_RESOLVED)])
+def test_a_bound_is_judged_on_the_good_side_of_the_figure(lo, hi, verdict):
+    """Lower is better and the paper's figure is its own null (a fidelity of 1.19e-6 or better)."""
+    assert R.judge(lo, hi, paper=1.19e-6, null=1.19e-6, higher_is_better=False)[0] == verdict
+
+
+def test_the_rule_reads_a_lower_is_better_claim_the_other_way():
+    assert R.judge(-3.0, -2.5, paper=-2.0, higher_is_better=False)[0] == R.HOLDS
+    assert R.judge(-1.0, 0.5, paper=-2.0, higher_is_better=False)[0] == R.DOES_NOT_HOLD
+    assert R.judge(-3.0, 0.5, paper=-2.0, higher_is_better=False)[0] == R.NOT_RESOLVED
+
+
+@pytest.mark.parametrize("values, goal, verdict", [([31.0, 33.0, 32.0], 30.0, R.HOLDS),
+                                                   ([27.0, 33.0, 29.0], 30.0, R.HOLDS),  # consistent with the goal
+                                                   ([20.0, 25.0, 22.0], 30.0, R.DOES_NOT_HOLD),
+                                                   ([0.8, 31.0, 12.0], 30.0, R.NOT_RESOLVED)])
+def test_a_row_without_seeds_is_judged_on_its_range_and_marked_as_hardware(values, goal, verdict):
+    got, sentence, stats = R.range_claim(values, "speed-up", paper=goal, null=1.0)
+    assert got == verdict and stats["median"] == float(np.median(values)) and "depends on the hardware" in sentence
+    assert sentence.startswith(f"speed-up: {np.median(values):.1f}× (median of 3; 95 % interval of the median ")
+    assert (stats["low"], stats["high"]) == (min(values), max(values))  # three measurements: their range
+
+
+def test_the_interval_of_a_median_is_distribution_free():
+    from scipy.stats import binom
+
+    x = list(range(1, 21))  # 20 updates: x_(6) to x_(15) covers the median with probability >= 95 %
+    assert R.median_interval(x) == (6.0, 15.0)
+    assert 1 - 2 * binom.cdf(5, 20, 0.5) >= 0.95 > 1 - 2 * binom.cdf(6, 20, 0.5)
+    assert R.median_interval([3.0, 1.0, 2.0]) == (1.0, 3.0)
 
 
 def test_differences_and_seeded_tables():
@@ -56,12 +101,19 @@ def test_paired_difference_gate_detectable_difference_and_seeds_needed():
     d = R.paired_difference([55.0, 56.0, 57.0], [52.0, 53.0, 52.5])
     assert d.mean == pytest.approx(3.5) and d.n == 3
     assert d.se == pytest.approx(float(np.std([3.0, 3.0, 4.5], ddof=1)) / math.sqrt(3))
-    assert d.resolved and d.mdd == pytest.approx(2 * d.se) and d.ci[0] < d.mean < d.ci[1]
+    t2 = 4.302652729911275  # t(0.975) on 2 degrees of freedom
+    assert d.ci == pytest.approx((3.5 - t2 * d.se, 3.5 + t2 * d.se)) and d.mdd == pytest.approx(t2 * d.se)
+    assert d.resolved == (d.ci[0] > 0) and d.resolved
     small = R.paired_difference([50.1, 50.9, 49.8], [50.0, 50.0, 50.0])
     assert not small.resolved and small.sign() == 0
-    # seeds to resolve: the smallest n with 2 sd / sqrt(n) <= |mean|
+    # seeds to resolve: the smallest n whose t interval would exclude 0 at the observed spread
     n = small.seeds_to_resolve
-    assert 2 * small.sd / math.sqrt(n) <= abs(small.mean) < 2 * small.sd / math.sqrt(n - 1)
+    from streamdistill.stats import _t
+
+    assert _t(n) * small.sd / math.sqrt(n) < abs(small.mean) <= _t(n - 1) * small.sd / math.sqrt(n - 1)
+    # the Echo row of the cpu record: +0.51 ± 0.17 over 3 seeds passed a 2-SE gate, not the t interval
+    echo = R._difference(0.51, 0.17 * math.sqrt(3), 3, 0.17, "paired")
+    assert not echo.resolved and echo.ci == pytest.approx((0.51 - t2 * 0.17, 0.51 + t2 * 0.17))
     with pytest.raises(ValueError, match="at least two seeds"):
         R.paired_difference([1.0], [0.0])
 
@@ -70,7 +122,8 @@ def test_single_seed_differences_are_judged_against_root_two_pooled_spreads():
     sd = R.pooled_sd({"A": [50.0, 51.0, 52.0], "B": [55.0, 55.5, 56.0]})
     assert sd == pytest.approx(math.sqrt((2 * 1.0 + 2 * 0.25) / 4))
     d = R.single_seed_difference(53.0, 50.0, sd)
-    assert d.se == pytest.approx(math.sqrt(2) * sd) and d.n == 1 and d.resolved == (3.0 >= 2 * d.se)
+    assert d.se == pytest.approx(math.sqrt(2) * sd) and d.n == 1 and d.resolved == (3.0 > 2 * d.se)
+    assert d.ci == pytest.approx((3.0 - 2 * d.se, 3.0 + 2 * d.se))
     assert not R.single_seed_difference(50.5, 50.0, sd).resolved
 
 
@@ -110,21 +163,15 @@ def test_per_type_closures_appear_only_where_that_types_gap_is_resolved():
     assert not by_type["Retrieval"]["resolved"] and by_type["Retrieval"]["gap_closure"] is None
 
 
-@pytest.mark.parametrize("c, echo, verdict", [
-    ([53, 54, 53.5], [51, 51.5, 50], R.HOLDS), ([50, 51, 50.5], [53, 54, 53.5], R.DOES_NOT_HOLD),
-    ([53, 54, 53.5], [53.2, 53.6, 53.9], R.NOT_RESOLVED)])
-def test_difference_verdict_each_outcome(c, echo, verdict):
+@pytest.mark.parametrize("c, echo, verdict, words", [
+    ([53, 54, 53.5], [51, 51.5, 50], R.HOLDS, "reaching the paper's +2.00"),          # +2.67, interval 0.2 to 5.1
+    ([50, 51, 50.5], [53, 54, 53.5], R.DOES_NOT_HOLD, "the opposite of the paper's"),  # -3.00 exactly
+    ([53, 54, 53.5], [53.2, 53.6, 53.9], R.DOES_NOT_HOLD, "and it holds +0.00"),       # -0.07: short of +2, holds 0
+    ([53, 54, 53.5], [50.5, 53.0, 52.0], R.NOT_RESOLVED, "holds both")])               # +1.67 ± 0.73
+def test_the_echo_claim_for_every_outcome(c, echo, verdict, words):
     seeded = _seeded([50, 51, 50.5], [55, 56, 54.5], c, echo)
-    got, sentence = R.difference_verdict(seeded["c_minus_echo"], "C against A+Echo", "C is ahead", "A+Echo is ahead")
-    assert got == verdict and sentence.startswith("C against A+Echo")
-
-
-@pytest.mark.parametrize("values, higher, verdict", [
-    ([20, 22, 25], True, R.HOLDS), ([2, 3, 3.5], True, R.DOES_NOT_HOLD), ([3, 5, 6], True, R.NOT_RESOLVED),
-    ([1e-7, 3e-7], False, R.HOLDS), ([2e-6, 5e-6], False, R.DOES_NOT_HOLD)])
-def test_update_rule_verdict_each_outcome(values, higher, verdict):
-    got, stats = R.update_rule_verdict(values, 4.1 if higher else 1.19e-6, higher)
-    assert got == verdict and stats["min"] <= stats["median"] <= stats["max"]
+    got, sentence = R.difference_claim(seeded["c_minus_echo"], "C against A+Echo", paper=R.PAPER_STUDENT_MINUS_ECHO)
+    assert got == verdict and sentence.startswith("C against A+Echo") and words in sentence, sentence
 
 
 def test_percentages_never_read_minus_zero():
@@ -144,6 +191,27 @@ def test_an_unbounded_closure_interval_is_said_in_words():
     assert text == "Retrieval -112 % (interval unbounded: B − A is not distinguishable from 0 at 95 %)"
 
 
+def test_the_closure_is_also_shown_without_the_task_that_can_carry_the_slice():
+    """SciFact lifts the slice mean: the closure without it is computed from the same seeds."""
+    per = {m: {s: {"STSBenchmark": v[s], "SciFact": w[s]} for s in range(3)}
+           for m, v, w in [("A", [50, 51, 50.5], [10, 10.2, 10.1]), ("B", [55, 56, 54.5], [12, 12.1, 12.2]),
+                           ("C", [51, 52, 51.5], [13, 13.1, 13.2])]}
+    seeded = R.gap_closure_seeded(per)
+    sub = seeded["without_task"]
+    assert sub["task"] == "SciFact" and sub["tasks"] == ["STSBenchmark"]
+    assert sub["gap_closure"] == pytest.approx(1.0 / (np.mean([5, 5, 4]))) and sub["gap_closure"] < seeded["gap_closure"]
+    assert "; without SciFact 21 % (16 % to 31 %)" in R.closure_text(seeded)
+
+
+def test_paired_closure_reads_a_warm_start_against_its_control():
+    means = {"A": {0: 50.0, 1: 51.0, 2: 50.5}, "B": {0: 55.0, 1: 56.0, 2: 54.5},
+             "C-fromA": {0: 53.0, 1: 54.0, 2: 53.4}, "A-continued": {0: 51.0, 1: 52.2, 2: 51.5}}
+    out = R.paired_closure(means, [0, 1, 2], ("C-fromA", "A-continued"))
+    assert out["gap_closure"] == pytest.approx(np.mean([2.0, 1.8, 1.9]) / np.mean([5.0, 5.0, 4.0]))
+    lo, hi = out["gap_closure_interval"]
+    assert lo < out["gap_closure"] < hi and out["resolved"]
+
+
 def test_the_differences_table_keeps_numeric_columns_so_it_rounds():
     seeded = _seeded([50, 51, 50.5], [55.1234, 56, 54.5], [53, 54, 53.5], [51, 51.5, 50])
     table = R.differences_table({"B − A": seeded["b_minus_a"]}).round(3)
@@ -157,7 +225,7 @@ def test_a_difference_that_rounds_to_zero_prints_without_a_minus_sign():
     assert R.paired_difference([50.0, 50.0, 50.0], [50.003, 49.998, 50.0]).text().startswith("+0.00 ±")
 
 
-@pytest.mark.parametrize("teacher_ms, distance, goal, fidelity", [(2600.0, 3e-15, "met", "within"),
+@pytest.mark.parametrize("teacher_ms, distance, goal, fidelity", [(3200.0, 3e-15, "met", "within"),
                                                                    (2000.0, 2e-6, "not met", "ABOVE")])
 def test_stream_bench_text_reads_the_goal_and_the_fidelity_from_the_figures(teacher_ms, distance, goal, fidelity):
     kv = 100.0

@@ -32,7 +32,7 @@ from .registry import (  # noqa: F401  (the façade: what notebooks and README u
     run_stage,
     stream_encoders,
 )
-from .report import closure_verdict, difference_verdict, gap_closure_seeded
+from .report import PAPER_STUDENT_MINUS_ECHO, closure_verdict, difference_claim, gap_closure_seeded
 from .stats import paired_difference, pooled_sd, single_seed_difference
 from .tasks import PAPER_SLICE, PAPER_SUBSLICE
 
@@ -70,8 +70,7 @@ def gap_closure_experiment(profile: Profile | str | None = None, tasks: Sequence
     out["c_minus_echo"] = paired_difference([c_sub[s] for s in seeds],
                                             [float(np.mean(list(echo[s].values()))) for s in seeds]).as_dict()
     out["closure_verdict"] = closure_verdict(out)
-    out["echo_verdict"] = difference_verdict(out["c_minus_echo"], "C against A+Echo",
-                                             "the student ahead as the paper reports", "A+Echo ahead")
+    out["echo_verdict"] = difference_claim(out["c_minus_echo"], "C against A+Echo", paper=PAPER_STUDENT_MINUS_ECHO)
     return {"profile": profile.name, "tasks": tasks, **out}
 
 

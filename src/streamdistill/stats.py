@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-GATE = 2.0  # a difference counts only beyond GATE standard errors
+GATE = 2.0  # the half-width, in standard errors, of a single-seed row's interval (no t to read)
+LEVEL = 0.95  # every interval of the book
 
 
 def signed(x: float, digits: int) -> str:
@@ -30,11 +31,14 @@ def _t(n: int, level: float = 0.95) -> float:
 
 @dataclass(frozen=True)
 class Difference:
-    """A difference in points with its standard error and what the noise lets one conclude.
+    """A difference in points with its standard error and its 95 % interval.
 
-    ``resolved`` is ``|mean| >= GATE * se``; ``mdd`` the minimum detectable difference at the seeds
-    used (``GATE * se``); ``seeds_to_resolve`` how many seeds the observed difference would need,
-    at the observed spread, to pass the gate (None when it is zero).
+    ``ci`` is the t interval of paired seed differences (``n - 1`` degrees of freedom), or, for a
+    single-seed row (``n == 1``), ``mean ± GATE * se`` with ``se = sqrt(2) * pooled seed sd``.
+    ``resolved``: the interval excludes 0. ``mdd``: the interval's half-width, the smallest
+    difference the seeds used can resolve. ``seeds_to_resolve``: the fewest paired seeds whose t
+    interval would exclude 0 at the observed spread (None when the mean is zero or it needs more
+    than 1000).
     """
 
     mean: float
@@ -58,26 +62,38 @@ class Difference:
         return f"{signed(self.mean, 2)} ± {self.se:.2f} {unit}"
 
 
+def seeds_to_resolve(mean: float, sd: float, limit: int = 1000) -> int | None:
+    """The fewest paired seeds n >= 2 with t(n - 1) * sd / sqrt(n) < |mean|, or None."""
+    if mean == 0 or not np.isfinite(sd):
+        return None
+    if sd == 0:
+        return 2
+    for n in range(2, limit + 1):
+        if _t(n) * sd / math.sqrt(n) < abs(mean):
+            return n
+    return None
+
+
 def _difference(mean: float, sd: float, n: int, se: float, rule: str) -> Difference:
     half = _t(n) * se if n > 1 else GATE * se
-    need = None if mean == 0 or not np.isfinite(sd) else max(2, math.ceil((GATE * sd / abs(mean)) ** 2))
-    return Difference(mean=float(mean), se=float(se), n=int(n), sd=float(sd), ci=(mean - half, mean + half),
-                      resolved=bool(abs(mean) >= GATE * se and se > 0 or (se == 0 and mean != 0)),
-                      mdd=float(GATE * se), seeds_to_resolve=need, rule=rule)
+    lo, hi = mean - half, mean + half
+    return Difference(mean=float(mean), se=float(se), n=int(n), sd=float(sd), ci=(float(lo), float(hi)),
+                      resolved=bool(lo > 0 or hi < 0), mdd=float(half), seeds_to_resolve=seeds_to_resolve(mean, sd),
+                      rule=rule)
 
 
 def paired_difference(x, y) -> Difference:
     """``x - y`` over paired seeds (seed s of both shares data order and initialisation).
 
     The standard error is that of the per-seed differences, ``sd(d) / sqrt(n)``; the interval is
-    t-based. Needs two seeds or more.
+    the 95 % t interval on ``n - 1`` degrees of freedom. Needs two seeds or more.
     """
     d = np.asarray(x, dtype=float) - np.asarray(y, dtype=float)
     if d.size < 2:
         raise ValueError("a paired difference needs at least two seeds")
     sd = float(d.std(ddof=1))
     return _difference(float(d.mean()), sd, d.size, sd / math.sqrt(d.size),
-                       f"paired over {d.size} seeds: mean ± standard error of the per-seed differences")
+                       f"paired over {d.size} seeds: 95 % t interval of the per-seed differences")
 
 
 def pooled_sd(runs: dict[str, list[float]]) -> float:
@@ -91,10 +107,25 @@ def pooled_sd(runs: dict[str, list[float]]) -> float:
 
 def single_seed_difference(x: float, y: float, sd: float) -> Difference:
     """``x - y`` from one seed each, judged against a pooled seed spread ``sd``: the standard error
-    of a difference of two single-seed scores is ``sqrt(2) * sd``."""
+    of a difference of two single-seed scores is ``sqrt(2) * sd``, its interval ``± GATE`` of those."""
     se = math.sqrt(2.0) * sd
     return _difference(float(x - y), math.sqrt(2.0) * sd, 1, se,
-                       "one seed each: standard error sqrt(2) × the pooled seed standard deviation")
+                       "one seed each: ± 2 × √2 × the pooled seed standard deviation")
+
+
+def median_interval(values, level: float = LEVEL) -> tuple[float, float]:
+    """A distribution-free interval for the median of repeated measurements (a speed measured
+    without seeds): the order statistics x_(k) and x_(n+1-k) with the largest k whose binomial
+    coverage is at least ``level``; the whole range when there are too few measurements for that."""
+    from scipy.stats import binom
+
+    x = np.sort(np.asarray(values, dtype=float))
+    n = x.size
+    k = 0
+    # [x[k], x[n-1-k]] (0-indexed) covers the median with probability 1 - 2 P(Binomial(n, 1/2) <= k)
+    while k + 1 <= (n - 1) // 2 and 1 - 2 * binom.cdf(k + 1, n, 0.5) >= level:
+        k += 1
+    return float(x[k]), float(x[n - 1 - k])
 
 
 def fieller_interval(numerator, denominator, level: float = 0.95) -> tuple[float, float]:
