@@ -25,7 +25,7 @@ def test_overrides_are_typed():
 @pytest.mark.parametrize("sets, message", [
     ({"nope": "1"}, "unknown setting 'nope'"),
     ({"train_steps": "many"}, "expected int"),
-    ({"eval_precision": "fp8"}, "eval_precision='fp8': choose one of: float32, bfloat16"),
+    ({"eval_precision": "fp8"}, "eval_precision='fp8': choose one of: float32, bfloat16, auto"),
 ])
 def test_bad_overrides(sets, message):
     with pytest.raises(ProfileError, match=message):
@@ -41,3 +41,33 @@ def test_parse_sets():
 def test_streaming_fits_the_cpu_model():
     cpu = get_profile("cpu")
     assert cpu.max_positions >= cpu.stream_prefix + cpu.stream_delta
+
+
+@pytest.mark.parametrize("flags, speeds, chosen", [
+    (frozenset({"avx2", "fma"}), None, "float32"),  # AVX2 only: no probe, float32
+    (frozenset({"avx2", "amx_bf16"}), {"fp32_gflops": 100.0, "bf16_gflops": 2400.0}, "bfloat16"),
+    (frozenset({"avx512_bf16"}), {"fp32_gflops": 100.0, "bf16_gflops": 120.0}, "float32"),  # native but not faster
+])
+def test_auto_precision_follows_the_cpu_flags_and_the_probe(monkeypatch, flags, speeds, chosen):
+    from streamdistill import hardware
+
+    probed = []
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(hardware, "machine_speed", lambda seconds=0.5: probed.append(seconds) or speeds)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    hardware.precision_choice.cache_clear()
+    try:
+        choice = hardware.precision_choice()
+        assert choice["precision"] == chosen and bool(probed) == (speeds is not None)
+        assert get_profile("cpu").eval_precision == chosen and get_profile("tiny").eval_precision == "float32"
+        assert get_profile("cpu", {"eval_precision": "float32"}).eval_precision == "float32"
+    finally:
+        hardware.precision_choice.cache_clear()
+
+
+def test_this_machines_choice_is_one_of_the_precisions():
+    from streamdistill.hardware import native_bf16, precision_choice
+
+    choice = precision_choice()
+    assert choice["precision"] == ("float32" if not native_bf16() else choice["precision"])
+    assert get_profile("cpu").eval_precision == choice["precision"] in ("float32", "bfloat16")

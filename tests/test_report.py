@@ -240,3 +240,14 @@ def test_stream_bench_text_reads_the_goal_and_the_fidelity_from_the_figures(teac
     assert f"{100 * median / 33:.0f} % of the token-ratio limit 33.0x" in text
     assert text.splitlines()[3].endswith(f"goal {R.STREAM_GOAL:g}x: {goal}")
     assert f"{distance:.2e} ({fidelity} 1e-6" in text
+
+
+def test_claim_parts_name_every_part_and_refuse_an_unknown_verdict():
+    parts = R.claim_parts("echo", paper="+2.0 points", here="+0.51 ± 0.17", verdict=R.DOES_NOT_HOLD,
+                          basis="3 paired seeds, 95 % t interval", value=0.51, low=-0.22, high=1.24)
+    assert set(parts) == {f"claim_echo_{p}" for p in R.CLAIM_PARTS} and parts["claim_echo_low"] == -0.22
+    assert "claim_x_value" not in R.claim_parts("x", paper="p", here="h", verdict=R.HOLDS, basis="b")
+    with pytest.raises(ValueError, match="unknown verdict 'maybe'"):
+        R.claim_parts("x", paper="p", here="h", verdict="maybe", basis="b")
+    basis = R.hardware_basis({"fp32_gflops": 105.4, "bf16_gflops": 2453.5}, "bfloat16")
+    assert basis == "measured without seeds; depends on the hardware: this machine 105 fp32 / 2454 bf16 GFLOP/s, bfloat16"

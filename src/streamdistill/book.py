@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .artifacts import artifacts_root, atomic_write_json, atomic_write_text, repo_root
+from .hardware import machine_speed  # noqa: F401  (book.machine_speed(): the speed quoted beside each timing)
 
 TOC = Path("book") / "_toc.yml"
 # What a cold build may cost on 2 cores, in minutes, now that the ablations notebook is in (the
@@ -46,24 +47,6 @@ def _built_counts() -> tuple[int, int]:
     artifacts = sum(1 for _ in artifacts_root().glob("*/*/DONE.json")) if artifacts_root().exists() else 0
     results = sum(1 for _ in results_root().rglob("*.json")) if results_root().exists() else 0
     return artifacts, results
-
-
-def machine_speed(seconds: float = 0.5) -> dict[str, float]:
-    """GFLOP/s of one matmul of the cpu model's shape (a batch of 32 texts at 96 tokens through an
-    MLP projection), float32 and bf16, on this process's threads: this machine's speed varies by
-    2x and more between days on unchanged code, so each timing is recorded with the speed it ran at."""
-    import torch
-
-    speeds = {}
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        a, b = torch.randn(32 * 96, 576, dtype=dtype), torch.randn(576, 1536, dtype=dtype)
-        a @ b  # one-off costs
-        count, started = 0, time.perf_counter()
-        while (elapsed := time.perf_counter() - started) < seconds:
-            a @ b
-            count += 1
-        speeds[f"{name}_gflops"] = round(2 * a.shape[0] * a.shape[1] * b.shape[1] * count / elapsed / 1e9, 1)
-    return speeds
 
 
 def execute_notebooks(profile: str, root: Path | None = None, names: list[str] | None = None) -> dict[str, dict]:

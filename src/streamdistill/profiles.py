@@ -17,8 +17,10 @@ from typing import Any
 
 PROFILE_ENV = "STREAMDISTILL_PROFILE"
 # inference precisions: bf16 autocast doubles a merged encoder's CPU throughput where the CPU has
-# bf16 matrix units (AMX), at a cosine of 0.99999 to float32 (benchmarks/sizing.py measures both)
+# bf16 matrix units (AMX), at a cosine of 0.99999 to float32 (benchmarks/sizing.py measures both),
+# and is ~5x slower where it has none; "auto" picks one per machine (hardware.precision_choice)
 PRECISIONS = ("float32", "bfloat16")
+AUTO = "auto"
 
 
 class ProfileError(ValueError):
@@ -76,9 +78,10 @@ class Profile:
     # --- evaluation ---
     eval_max_length: int = 96  # tokens of text every model reads (Echo reads them twice)
     eval_batch_size: int = 32
-    # stage models are scored under bf16 autocast (PRECISIONS): twice the float32 rate on a
-    # CPU with AMX (benchmarks/sizing.py); streaming fidelity and training stay float32
-    eval_precision: str = "bfloat16"
+    # stage models are scored under bf16 autocast where the machine has native bf16 and a probe
+    # finds it faster, float32 elsewhere ("auto", resolved by get_profile); the choice joins each
+    # result's revision. Streaming fidelity and training stay float32
+    eval_precision: str = AUTO
     # deterministic subsample per split (None = full task); `tiny` keeps CI fast
     task_max_samples: int | None = None
     task_max_corpus: int | None = None
@@ -249,7 +252,7 @@ def get_profile(name: str | Profile | None = None, overrides: dict[str, Any] | N
             raise ProfileError(f"unknown profile {name!r}; choose one of: {', '.join(PROFILES)}")
         base = PROFILES[name]
     if not overrides:
-        return base
+        return _resolved(base)
     known = {f.name: f for f in fields(Profile)}
     changes = {}
     for key, raw in overrides.items():
@@ -257,9 +260,19 @@ def get_profile(name: str | Profile | None = None, overrides: dict[str, Any] | N
             valid = ", ".join(k for k in known if k != "name")
             raise ProfileError(f"unknown setting {key!r}; valid settings: {valid}")
         changes[key] = _coerce(key, raw, getattr(base, key), str(known[key].type))
-    if changes.get("eval_precision", base.eval_precision) not in PRECISIONS:  # refused here, not at the first encode
-        raise ProfileError(f"--set eval_precision={changes['eval_precision']!r}: choose one of: {', '.join(PRECISIONS)}")
-    return replace(base, **changes)
+    if changes.get("eval_precision", base.eval_precision) not in (*PRECISIONS, AUTO):  # refused here, not at the first encode
+        raise ProfileError(f"--set eval_precision={changes['eval_precision']!r}: choose one of: "
+                           f"{', '.join((*PRECISIONS, AUTO))}")
+    return _resolved(replace(base, **changes))
+
+
+def _resolved(profile: Profile) -> Profile:
+    """``eval_precision="auto"`` replaced by this machine's choice (decided once per process)."""
+    if profile.eval_precision != AUTO:
+        return profile
+    from .hardware import precision_choice
+
+    return replace(profile, eval_precision=precision_choice()["precision"])
 
 
 def parse_sets(items: list[str] | None) -> dict[str, str]:

@@ -181,6 +181,31 @@ def judge(lo: float, hi: float, *, paper: float | None = None, null: float = 0.0
     return NOT_RESOLVED, f"{shown}: holds both {fmt(null)} and the paper's {fmt(paper)}"
 
 
+CLAIM_PARTS = ("paper", "here", "verdict", "basis", "value", "low", "high")
+
+
+def claim_parts(key: str, *, paper: str, here: str, verdict: str, basis: str, value: float | None = None,
+                low: float | None = None, high: float | None = None) -> dict[str, Any]:
+    """What a notebook glues for one row of the claims table, as ``{f"claim_{key}_{part}": ...}``:
+    the paper's figure and this book's (as text), the verdict, its ``basis`` (what the interval is:
+    "3 paired seeds, 95 % t interval", or the machine and precision of a hardware-dependent row),
+    and the measured point with its interval as numbers, which a rebuild compares with the committed
+    record (:data:`CLAIM_PARTS`)."""
+    if verdict not in (HOLDS, DOES_NOT_HOLD, NOT_RESOLVED):
+        raise ValueError(f"unknown verdict {verdict!r}")
+    numbers = {"value": value, "low": low, "high": high}
+    out = {f"claim_{key}_{part}": text for part, text in
+           (("paper", paper), ("here", here), ("verdict", verdict), ("basis", basis))}
+    out |= {f"claim_{key}_{part}": float(v) for part, v in numbers.items() if v is not None}
+    return out
+
+
+def hardware_basis(speed: dict[str, float], precision: str, what: str = "measured without seeds") -> str:
+    """The basis of a hardware-dependent row: the machine's measured speed and the precision."""
+    return (f"{what}; depends on the hardware: this machine {speed['fp32_gflops']:.0f} fp32 / "
+            f"{speed['bf16_gflops']:.0f} bf16 GFLOP/s, {precision}")
+
+
 def difference_claim(diff: dict | Difference, claim: str, *, paper: float | None = None, unit: str = "points",
                      higher_is_better: bool = True) -> tuple[str, str]:
     """(verdict, sentence) for a claim about a difference (paired over seeds, or single-seed)."""
