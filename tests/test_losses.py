@@ -92,3 +92,17 @@ def test_student_loss_combines_parts():
     # student equal to the teacher: the MSE part vanishes
     _, parts = student_loss(q_t, d_t, q_t, d_t, temperature=0.1, lam=1.0)
     assert parts["mse"] < 1e-12
+
+
+def test_the_students_mse_covers_the_negatives_when_they_have_targets():
+    from streamdistill.losses import distill_mse, student_loss
+
+    torch.manual_seed(0)
+    q_s, d_s, q_t, d_t, n_t = (torch.randn(n, 8) for n in (4, 6, 4, 4, 2))
+    _, parts = student_loss(q_s, d_s, q_t, d_t, lam=1.0)
+    assert parts["mse"] == pytest.approx(0.5 * float(distill_mse(q_s, q_t) + distill_mse(d_s[:4], d_t)), rel=1e-6)
+    _, with_negs = student_loss(q_s, d_s, q_t, d_t, lam=1.0, n_t=n_t)
+    rows = [distill_mse(a[None], b[None]) for a, b in zip(torch.cat([q_s, d_s]), torch.cat([q_t, d_t, n_t]))]
+    assert with_negs["mse"] == pytest.approx(float(sum(rows) / 10), rel=1e-6)
+    with pytest.raises(ValueError, match="2 negatives in the batch, 3 teacher targets"):
+        student_loss(q_s, d_s, q_t, d_t, n_t=torch.randn(3, 8))

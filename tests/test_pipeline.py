@@ -170,7 +170,10 @@ def test_bad_stage_inputs_raise_value_errors(call, message):
 def test_stage_names_resolve_to_evaluable_models():
     assert {"C", "A+Echo"} <= set(registry.MODELS) and registry.GAP_MODELS == ("A", "A+Echo", "B", "C")
     model = registry.resolve_model("C", "tiny")
-    assert model.name == "streamdistill/tiny-C"
+    assert model.name == "streamdistill/tiny-C-base-lambda1"  # a student is named by its recipe
+    # an arm that is the profile's C is the same model under the same name (scored once)
+    assert registry.resolve_model("C-base", "tiny").name == model.name
+    assert registry.resolve_model("A-continued", TINY).name == "streamdistill/tiny-A-continued"
     emb = model.encode(["a short text", "another one"], None)
     assert emb.shape == (2, 32) and abs(float((emb**2).sum(1)[0]) - 1.0) < 1e-5
     echo = registry.resolve_model("A+Echo", "tiny")
@@ -227,10 +230,20 @@ def fake_stage_scores(monkeypatch, base: dict[str, float], per_seed: float) -> l
     return seen
 
 
+ARM_SCORES = {"C-base": 54.0, "C-fromA": 55.0, "A-continued": 52.0, "B-causal": 51.0}
+
+
 def test_gap_closure_experiment_pairs_the_four_models_over_seeds(monkeypatch):
-    seen = fake_stage_scores(monkeypatch, {"A": 50.0, "A+Echo": 51.0, "B": 56.0, "C": 54.0}, per_seed=0.3)
+    seen = fake_stage_scores(monkeypatch, {"A": 50.0, "A+Echo": 51.0, "B": 56.0, "C": 54.0, **ARM_SCORES}, per_seed=0.3)
     report = pipeline.gap_closure_experiment(TINY, tasks=["STSBenchmark", "SciFact"])
-    assert [(name, seed) for name, seed, _ in seen] == [(m, s) for m in ("A", "B", "C", "A+Echo") for s in TINY.seeds]
+    models = ("A", "B", "C", *pipeline.ARMS, "A+Echo")
+    assert [(name, seed) for name, seed, _ in seen] == [(m, s) for m in models for s in TINY.seeds]
+    # each arm's closure (arm − A)/(B − A) over the seeds: per seed arm − A = base + 0.3 s − 50
+    for arm, score in ARM_SCORES.items():
+        assert report["arms"][arm]["slice"]["gap_closure"] == pytest.approx((score - 50.0 + 0.15) / 6.15)
+    warm = report["warm_start"]["slice"]  # (C_fromA − A_continued)/(B − A): 3.0 / 6.15 at every seed
+    assert warm["gap_closure"] == pytest.approx(3.0 / 6.15) and warm["numerator"]["sd"] == pytest.approx(0.0)
+    assert report["arms"]["C"]["without SciFact"]["mean"] == pytest.approx(54.15)
     assert report["seeds"] == list(TINY.seeds) and report["per_seed"]["C"]["1"] == pytest.approx(54.3)
     assert report["b_minus_a"]["mean"] == pytest.approx(6.15) and report["resolved"]
     assert report["gap_closure"] == pytest.approx(4.15 / 6.15)
@@ -293,3 +306,92 @@ def test_the_student_at_lambda_zero_is_A_weight_for_weight():
     c1, _ = pipeline.run_stage("student", TINY)  # λ = 1: the teacher does move the student
     w1 = load_file(str(c1 / "model" / "backbone" / "model.safetensors"))
     assert not all(torch.equal(wa[k], w1[k]) for k in wa)
+
+
+def test_a_student_from_A_reads_the_pairs_after_As_from_As_weights():
+    """student_init="A": A's merged weights, fresh LoRA, the next train_steps steps of A's order; at
+    λ = 0 that is A trained on (the control), which is not A and not the distilled student."""
+    from dataclasses import replace
+
+    from safetensors.torch import load_file
+
+    steps = TINY.train_steps
+    from_a = replace(TINY, student_init="A")
+    order, student = contrastive.pair_data(TINY), contrastive.student_pair_data(from_a)
+    assert student.indices(0, 0) == order.indices(steps, 0) and student.offset == steps
+    assert student.used(steps) == order.plan.used(steps, start=steps) != order.used(steps)
+    a, _ = pipeline.run_stage("causal", TINY)
+    backbone, _ = contrastive.TrainedStart(a).load()
+    saved = load_file(str(a / "model" / "backbone" / "model.safetensors"))
+    assert all(torch.equal(backbone.state_dict()[k], v) for k, v in saved.items())
+    cont, summary = pipeline.run_stage("student", replace(from_a, distill_lambda=0.0))
+    assert summary["first_step"] == steps and summary["student_init"] == "A"
+    assert read_done(cont)["config"]["start"] == a.name
+    distilled, _ = pipeline.run_stage("student", from_a)
+    weights = {name: load_file(str(f / "model" / "backbone" / "model.safetensors")) for name, f in
+               (("continued", cont), ("distilled", distilled))}
+    assert not all(torch.equal(saved[k], weights["continued"][k]) for k in saved)  # it trained on
+    assert not all(torch.equal(weights["continued"][k], weights["distilled"][k]) for k in saved)  # λ moved it
+    with pytest.raises(ValueError, match="student_init='A' needs start=A"):
+        contrastive.student_stage(from_a, registry.base(from_a), a, a)
+
+
+def test_teacher_targets_cover_the_pairs_the_student_reads_and_their_negatives():
+    from dataclasses import replace
+
+    from_a = replace(TINY, student_init="A")
+    cache, summary = pipeline.run_stage("teacher-embeddings", from_a)
+    tensors = load_tensors(cache / "embeddings.safetensors")
+    data = contrastive.student_pair_data(from_a)
+    used = data.used(TINY.train_steps)
+    negatives = [i for i in used if data.pairs[i][2] is not None]
+    assert tensors["index"].tolist() == used and tensors["neg_index"].tolist() == negatives
+    assert tensors["negatives"].shape == (len(negatives), 32) and summary["negatives"] == len(negatives) > 0
+    # the objective hands the batch's negatives their targets, in the batch's order of negatives
+    objective = contrastive.Distilled(replace(from_a, distill_negatives=True), tensors)
+    batch = data.indices(0, 0)
+    extras = objective.batch_extras(batch)
+    rows = [negatives.index(i) for i in batch if data.pairs[i][2] is not None]
+    assert torch.equal(extras["n_t"], tensors["negatives"][rows])
+    assert "n_t" not in contrastive.Distilled(from_a, tensors).batch_extras(batch)
+
+
+def test_the_recipe_is_chosen_on_validation_scores(monkeypatch):
+    """The best mean validation score over start x λ wins; negatives' targets are kept only if they
+    score higher still; A, B and A continued are scored beside them; the test slice is never read."""
+    seen = []
+
+    def fake_resolve(name, profile):
+        return type("M", (), {"name": name, "profile": profile})()
+
+    def fake_evaluate(model, tasks, profile):
+        p = model.profile
+        seen.append(tuple(tasks))
+        value = {"A": 60.0, "B": 63.0}.get(model.name, 61.0 + (p.student_init == "A") + 0.01 * p.distill_lambda
+                                            - 0.5 * p.distill_negatives)
+        return {"scores": {t: value + (t == "MRPC-validation") for t in tasks}}
+
+    monkeypatch.setattr(pipeline, "resolve_model", fake_resolve)
+    monkeypatch.setattr(pipeline, "evaluate_model", fake_evaluate)
+    out = pipeline.distillation_selection(TINY)
+    assert set(seen) == {("STSBenchmark-validation", "MRPC-validation")}
+    assert len(out["rows"]) == 2 * len(TINY.distill_lambdas) + 1
+    assert out["chosen"] == {"student_init": "A", "distill_lambda": 50.0, "distill_negatives": False}
+    assert out["rows"][-1]["distill_negatives"] and out["rows"][-1]["mean"] == pytest.approx(62.5 + 0.5 - 0.5)
+    assert out["reference"]["B"]["mean"] == pytest.approx(63.5) and not out["matches_profile"]
+    assert out["profile_recipe"] == {"student_init": "base", "distill_lambda": 1.0, "distill_negatives": False}
+
+
+def test_validation_tasks_read_the_validation_split_under_their_own_name():
+    from streamdistill.data import read_jsonl
+    from streamdistill.tasks import get_task, task_type
+
+    for name, split_file in (("STSBenchmark-validation", "sts/STSBenchmark/validation.jsonl"),
+                             ("MRPC-validation", "pairs/MRPC/validation.jsonl")):
+        task = get_task(name, TINY)
+        task.load_data()
+        assert task.metadata.name == name and task.metadata.eval_splits == ["validation"]
+        rows = task.dataset["validation"]
+        first = {r["sentence1"] for r in read_jsonl(split_file)}
+        assert len(rows) == TINY.task_max_samples and set(rows["sentence1"]) <= first
+    assert task_type("MRPC-validation") == "PairClassification"

@@ -2,12 +2,13 @@
 
 ::
 
-    base ──┬──> causal   (A: causal attention + InfoNCE)
+    base ──┬──> causal   (A: causal attention + InfoNCE) ──────────────┐ (student_init="A")
            ├──> teacher  (B: GG-SM soft mask -> bidirectional; variants hard, linear)
            │       └──> teacher-embeddings (B's embeddings of the pairs C reads, once)
            └──> student  (C: causal, InfoNCE + λ·MSE to the cached teacher embeddings)
 
-All four read the same pairs in the same order (:func:`pair_data`) through the one training loop;
+All four read the same pairs in the same order (:func:`pair_data`) through the one training loop
+(a student started from A reads the next ``train_steps`` steps of that order: new pairs);
 what differs is the *objective*: :class:`Contrastive` (A), :class:`SoftMasked` (B, hard, linear)
 and :class:`Distilled` (C). Each stage is ``artifacts.cached(stage, config, build)``; ``config``
 holds the profile fields the stage reads and the identity of what it builds on, which the
@@ -41,8 +42,9 @@ from .train import TrainResult, stage_checkpoints, train
 # (v2 of the contrastive stages: SciFact title->abstract pairs leave out documents test claims cite;
 # v2 of the teacher also: the GG-SM EMA decays every future cell, not only those a batch reached;
 # v3 of teacher-embeddings and student: held-out probe texts, the student's cosine to B over training;
-# v3/v3/v4/v4: items with hard negatives, the soft mask saved with its reach and configuration).
-VERSIONS = {"causal": 3, "teacher": 3, "teacher-embeddings": 4, "student": 4}
+# v3/v3/v4/v4: items with hard negatives, the soft mask saved with its reach and configuration;
+# v5/v5: the student's start (base or A), the pairs after A's steps, teacher targets for negatives).
+VERSIONS = {"causal": 3, "teacher": 3, "teacher-embeddings": 5, "student": 5}
 DATA_SEED = 0  # order of the mirror's pairs before the per-seed epoch permutations
 HELDOUT_PROBES = 128  # held-out texts the student is compared with its teacher on, during training
 PROBE_TEXTS = (
@@ -64,22 +66,29 @@ class PairData:
 
     pairs: list[tuple[str, str, str | None]]
     plan: BatchPlan
+    offset: int = 0  # optimiser steps of the order already read (by the run this one continues)
 
     def indices(self, step: int, micro: int) -> list[int]:
-        return self.plan.indices(step, micro)
+        return self.plan.indices(self.offset + step, micro)
 
     def used(self, steps: int) -> list[int]:
         """Every pair index a run of ``steps`` optimiser steps reads (sorted)."""
-        return self.plan.used(steps)
+        return self.plan.used(steps, self.offset)
 
 
-def pair_data(profile: Profile, pairs: list[tuple] | None = None) -> PairData:
+def pair_data(profile: Profile, pairs: list[tuple] | None = None, offset: int = 0) -> PairData:
     """The mirror's training items from ``profile.pair_sources`` (or ``pairs``: 2- or 3-tuples) in
-    the order of ``profile.seed``."""
+    the order of ``profile.seed``, from optimiser step ``offset`` of that order on."""
     pairs = training_pairs(sources=tuple(profile.pair_sources), seed=DATA_SEED) if pairs is None else \
         [tuple(p) + (None,) * (3 - len(p)) for p in pairs]
     order = EpochOrder(len(pairs), profile.seed)
-    return PairData(pairs, BatchPlan(order, profile.batch_size, profile.grad_accum))
+    return PairData(pairs, BatchPlan(order, profile.batch_size, profile.grad_accum), offset)
+
+
+def student_pair_data(profile: Profile) -> PairData:
+    """The pairs the student C reads: A's steps when it starts from the base, the next
+    ``train_steps`` steps when it starts from A's trained weights (pairs A never saw)."""
+    return pair_data(profile, offset=profile.train_steps if profile.student_init == "A" else 0)
 
 
 def heldout_probe_texts(n: int = HELDOUT_PROBES) -> list[str]:
@@ -151,8 +160,10 @@ class SoftMasked(Contrastive):
 class Distilled(Contrastive):
     """C's objective: ``InfoNCE + λ·MSE`` to the teacher's cached embeddings (the teacher is never loaded).
 
-    ``teacher`` = ``{"index", "queries", "docs", "heldout"}`` from the ``teacher-embeddings`` stage.
-    The history records ``heldout_cos``, the mean cosine to the teacher on :func:`heldout_probe_texts`.
+    ``teacher`` = ``{"index", "queries", "docs", "neg_index", "negatives", "heldout"}`` from the
+    ``teacher-embeddings`` stage; with ``profile.distill_negatives`` the hard negatives get their
+    teacher targets too. The history records ``heldout_cos``, the mean cosine to the teacher on
+    :func:`heldout_probe_texts`.
     """
 
     desc = "student"
@@ -161,15 +172,20 @@ class Distilled(Contrastive):
         super().__init__(profile)
         self.teacher = teacher
         self.row_of = {int(i): r for r, i in enumerate(teacher["index"].tolist())}
+        self.neg_row_of = {int(i): r for r, i in enumerate(teacher["neg_index"].tolist())}
 
     def batch_extras(self, indices):
         rows = torch.tensor([self.row_of[i] for i in indices])
-        return {"q_t": self.teacher["queries"][rows], "d_t": self.teacher["docs"][rows]}
+        extras = {"q_t": self.teacher["queries"][rows], "d_t": self.teacher["docs"][rows]}
+        if self.profile.distill_negatives:  # in the batch's order of negatives (train_contrastive's)
+            negs = torch.tensor([self.neg_row_of[i] for i in indices if i in self.neg_row_of], dtype=torch.long)
+            extras["n_t"] = self.teacher["negatives"][negs]
+        return extras
 
     def loss(self, q, d, batch, step):
         p = self.profile
         return student_loss(q, d, batch["q_t"], batch["d_t"], p.temperature, p.distill_lambda,
-                            p.false_negative_margin)
+                            p.false_negative_margin, n_t=batch.get("n_t"))
 
     def probe(self, encoder: Encoder):
         probes = _tokenize(encoder, heldout_probe_texts(), self.profile.max_length)
@@ -262,16 +278,18 @@ def _variant_config(profile: Profile, variant: str) -> dict:
     return out
 
 
-def _contrastive_stage(stage: str, profile: Profile, base: BaseModel, config: dict, make_objective,
-                       **summary_extra) -> Path:
+def _contrastive_stage(stage: str, profile: Profile, start, config: dict, make_objective, *,
+                       data: PairData | None = None, **summary_extra) -> Path:
+    """Train from ``start`` (what ``.load()`` gives ``(decoder, tokenizer)``: the base, or a
+    trained stage's weights) on ``data`` (default: :func:`pair_data`) under ``make_objective()``."""
     def build(tmp: Path) -> dict:
-        lm, tokenizer = base.load()
+        lm, tokenizer = start.load()
         encoder = make_encoder(lm, tokenizer, profile, attention="causal")
-        data = pair_data(profile)
+        data_ = data or pair_data(profile)
         objective = make_objective()
-        result = train_contrastive(encoder, profile, data, objective, checkpoints=checkpoint_dir(stage, config))
-        summary: dict[str, Any] = {"pairs": len(data.pairs), "pairs_seen": profile.train_steps * profile.batch_size,
-                                   **summary_extra}
+        result = train_contrastive(encoder, profile, data_, objective, checkpoints=checkpoint_dir(stage, config))
+        summary: dict[str, Any] = {"pairs": len(data_.pairs), "pairs_seen": profile.train_steps * profile.batch_size,
+                                   "first_step": data_.offset, **summary_extra}
         soft = objective.soft
         if soft is not None:
             encoder.attention = "bidirectional"  # inference: the fully open mask (w = 1 at t_total)
@@ -304,8 +322,9 @@ def teacher_embeddings_stage(profile: Profile, teacher: Path) -> Path:
     ``heldout`` (the probe texts), keyed by the teacher artifact's hash (its folder name) and the
     pairs read.
     """
-    data = pair_data(profile)  # the student's order: the pairs this student will read
+    data = student_pair_data(profile)  # the pairs this student will read
     used = data.used(profile.train_steps)
+    negatives = [i for i in used if data.pairs[i][2] is not None]
     config = {"version": VERSIONS["teacher-embeddings"], "teacher": Path(teacher).name, "teacher_stage": "teacher",
               "n_pairs": len(used), "pairs_hash": config_hash(used), "max_length": profile.max_length,
               "heldout": HELDOUT_PROBES, "data": data_fingerprint()}
@@ -321,25 +340,53 @@ def teacher_embeddings_stage(profile: Profile, teacher: Path) -> Path:
 
         queries = embed([data.pairs[i][0] for i in used])
         docs = embed([data.pairs[i][1] for i in used])
+        negs = embed([data.pairs[i][2] for i in negatives]) if negatives else torch.zeros(0, queries.shape[1])
         save_tensors(tmp / "embeddings.safetensors",
                      {"index": torch.tensor(used, dtype=torch.long), "queries": queries, "docs": docs,
+                      "neg_index": torch.tensor(negatives, dtype=torch.long), "negatives": negs,
                       "heldout": embed(heldout_probe_texts())},
                      metadata={"teacher": Path(teacher).name})
-        return {"pairs": len(used), "dim": int(queries.shape[1]), "seconds": time.perf_counter() - started}
+        return {"pairs": len(used), "negatives": len(negatives), "dim": int(queries.shape[1]),
+                "seconds": time.perf_counter() - started}
 
     return cached("teacher-embeddings", config, build)
 
 
-def student_stage(profile: Profile, base: BaseModel, teacher: Path, embeddings: Path) -> Path:
-    """C: causal, from the base, InfoNCE + λ·MSE to the teacher's cached ``embeddings`` (B never in memory)."""
+@dataclass(frozen=True)
+class TrainedStart:
+    """A trained stage's weights as a starting point (``.load()`` like a :class:`BaseModel`)."""
+
+    folder: Path  # the stage artifact (its ``model/`` is a saved Encoder, LoRA merged)
+
+    def load(self):
+        encoder = Encoder.load(Path(self.folder) / "model", device="cpu")
+        return encoder.backbone, encoder.tokenizer
+
+
+def student_stage(profile: Profile, base: BaseModel, teacher: Path, embeddings: Path,
+                  start: Path | None = None) -> Path:
+    """C: causal, InfoNCE + λ·MSE to the teacher's cached ``embeddings`` (B never in memory).
+
+    ``profile.student_init == "base"``: from the base with A's LoRA initialisation, on A's pairs;
+    ``"A"``: from ``start`` (A's artifact), fresh LoRA adapters on its merged weights, on the next
+    ``train_steps`` steps of pairs. At ``distill_lambda = 0`` the latter is A trained on, the
+    control that tells a gain of distillation from a gain of more training.
+    """
+    if (profile.student_init == "A") != (start is not None):
+        raise ValueError(f"student_init={profile.student_init!r} needs start={'A' if start is None else 'None'}")
+    origin = TrainedStart(Path(start)) if start is not None else base
     config = contrastive_config("student", profile, base, teacher=Path(teacher).name,
-                                teacher_embeddings=Path(embeddings).name, distill_lambda=profile.distill_lambda)
+                                teacher_embeddings=Path(embeddings).name, distill_lambda=profile.distill_lambda,
+                                student_init=profile.student_init, distill_negatives=profile.distill_negatives,
+                                **({"start": Path(start).name} if start is not None else {}))
 
     def objective() -> Distilled:
         return Distilled(profile, load_tensors(Path(embeddings) / "embeddings.safetensors"))
 
-    return _contrastive_stage("student", profile, base, config, objective,
-                              teacher_embeddings=str(Path(embeddings) / "embeddings.safetensors"))
+    return _contrastive_stage("student", profile, origin, config, objective, data=student_pair_data(profile),
+                              teacher_embeddings=str(Path(embeddings) / "embeddings.safetensors"),
+                              student_init=profile.student_init, distill_lambda=profile.distill_lambda,
+                              distill_negatives=profile.distill_negatives)
 
 
 # ============================================================================ GG-SM's cost

@@ -79,15 +79,23 @@ def student_loss(
     temperature: float = 0.02,
     lam: float = 1.0,
     false_negative_margin: float | None = None,
+    n_t: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The causal student's loss: ``InfoNCE(q_s, d_s) + lam * (MSE(q_s, q_t) + MSE(d_s, d_t)) / 2``.
+    """The causal student's loss: ``InfoNCE(q_s, d_s) + lam * MSE``, the MSE averaged over every
+    text with a teacher target: ``(MSE(q_s, q_t) + MSE(d_s, d_t)) / 2`` for the B pairs, and with
+    ``n_t`` (the teacher's embeddings of the K hard negatives after the positives in ``d_s``) the
+    mean over all 2B + K texts.
 
     ``q_*``/``d_*`` are query and document embeddings of the student (S) and the cached teacher (T).
-    ``d_s`` may carry K extra rows after its B positives (hard negatives for InfoNCE); the MSE term
-    reads the positives only, as the teacher's cache holds. Returns the loss and its parts as
-    floats (``"infonce"``, ``"mse"``) for the training log.
+    ``d_s`` may carry K extra rows after its B positives (hard negatives for InfoNCE). Returns the
+    loss and its parts as floats (``"infonce"``, ``"mse"``) for the training log.
     """
     contrastive = info_nce(q_s, d_s, temperature, false_negative_margin)
-    mse = 0.5 * (distill_mse(q_s, q_t) + distill_mse(d_s[: len(q_s)], d_t))
+    if n_t is None:
+        mse = 0.5 * (distill_mse(q_s, q_t) + distill_mse(d_s[: len(q_s)], d_t))
+    else:
+        if len(d_s) != len(q_s) + len(n_t):
+            raise ValueError(f"{len(d_s) - len(q_s)} negatives in the batch, {len(n_t)} teacher targets for them")
+        mse = distill_mse(torch.cat([q_s, d_s]), torch.cat([q_t, d_t, n_t]))
     loss = contrastive + lam * mse
     return loss, {"infonce": float(contrastive.detach()), "mse": float(mse.detach())}

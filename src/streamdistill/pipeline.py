@@ -20,7 +20,7 @@ import numpy as np
 
 from .contrastive import ggsm_overhead as _ggsm_overhead
 from .evaluate import evaluate_model
-from .profiles import Profile, get_profile
+from .profiles import STUDENT_INITS, Profile, get_profile
 from .registry import (  # noqa: F401  (the façade: what notebooks and README use)
     GAP_MODELS,
     MODELS,
@@ -32,9 +32,13 @@ from .registry import (  # noqa: F401  (the façade: what notebooks and README u
     run_stage,
     stream_encoders,
 )
-from .report import PAPER_STUDENT_MINUS_ECHO, closure_verdict, difference_claim, gap_closure_seeded
+from .report import PAPER_STUDENT_MINUS_ECHO, closure_verdict, difference_claim, gap_closure_seeded, paired_closure
 from .stats import paired_difference, pooled_sd, single_seed_difference
-from .tasks import PAPER_SLICE, PAPER_SUBSLICE
+from .tasks import PAPER_SLICE, PAPER_SUBSLICE, VALIDATION_TASKS
+
+# the distillation arms of the central table, each over the same paired seeds as A, B and C
+ARMS = ("C-base", "C-fromA", "A-continued", "B-causal")
+RECIPE = ("student_init", "distill_lambda", "distill_negatives")  # what the selection chooses
 
 
 def seeded_scores(profile: Profile | str | None, models: Sequence[str], tasks: Sequence[str],
@@ -49,43 +53,98 @@ def seeded_scores(profile: Profile | str | None, models: Sequence[str], tasks: S
     return out
 
 
+def _slice_means(per: dict[str, dict[int, dict[str, float]]], tasks: Sequence[str]) -> dict[str, dict[int, float]]:
+    return {m: {s: float(np.mean([scores[t] for t in tasks])) for s, scores in runs.items()} for m, runs in per.items()}
+
+
+def recipe(profile: Profile) -> dict:
+    """The distillation recipe of a profile: the student's start, λ and teacher targets for negatives."""
+    return {key: getattr(profile, key) for key in RECIPE}
+
+
+def distillation_selection(profile: Profile | str | None = None) -> dict:
+    """The student's recipe chosen on validation data, never on the test slice.
+
+    At the profile's first seed, a student for each start (``STUDENT_INITS``) and each λ of
+    ``profile.distill_lambdas`` is trained and scored on the validation splits of STSBenchmark and
+    MRPC (``VALIDATION_TASKS``); the best mean main score wins, and giving the hard negatives teacher
+    targets too is kept only if it scores higher still. A, B and A continued at λ = 0 (the control
+    of the warm start) are scored alongside. The student's cosine to the teacher is no criterion:
+    it rises with λ whatever the task scores do.
+    """
+    profile = get_profile(profile)
+    first = replace(profile, seed=profile.seeds[0])
+    tasks = list(VALIDATION_TASKS)
+
+    def scored(model: str, settings: dict) -> dict:
+        run = replace(first, **settings)
+        scores = evaluate_model(resolve_model(model, run), tasks, run)["scores"]
+        return {**settings, "scores": scores, "mean": float(np.mean(list(scores.values())))}
+
+    grid = [scored("C", {"student_init": init, "distill_lambda": float(lam), "distill_negatives": False})
+            for init in STUDENT_INITS for lam in profile.distill_lambdas]
+    best = max(grid, key=lambda row: row["mean"])
+    negatives = scored("C", {**{k: best[k] for k in RECIPE}, "distill_negatives": True})
+    chosen = negatives if negatives["mean"] > best["mean"] else best
+    reference = {name: scored(name, {}) for name in ("A", "B")}
+    reference["A-continued"] = scored("A-continued", {"distill_lambda": 0.0, "student_init": "A"})
+    picked = {k: chosen[k] for k in RECIPE}
+    return {"profile": profile.name, "seed": first.seed, "tasks": tasks, "rows": grid + [negatives],
+            "reference": reference, "chosen": picked, "profile_recipe": recipe(profile),
+            "matches_profile": picked == recipe(profile)}
+
+
 def gap_closure_experiment(profile: Profile | str | None = None, tasks: Sequence[str] | None = None) -> dict:
-    """The paper's central table over the profile's paired seeds: A, A+Echo, B and C on the slice.
+    """The paper's central table over the profile's paired seeds: A, A+Echo, B and C on the slice,
+    and the distillation arms (:data:`ARMS`): C from the base, C from A, A continued at λ = 0, and
+    B's weights run causally.
 
     Seed s of every model shares data order and initialisation, and C of seed s distils the B of
-    seed s. Returns :func:`report.gap_closure_seeded` with the verdicts of the closure and Echo claims.
+    seed s. Returns :func:`report.gap_closure_seeded` with the verdicts of the closure and Echo
+    claims, plus ``arms``: each arm's slice mean and closure ``(arm − A)/(B − A)`` with Fieller's
+    interval, overall and without SciFact, and ``warm_start``: ``(C_fromA − A_continued)/(B − A)``,
+    the warm start's closure read against more training alone.
     """
     profile = get_profile(profile)
     tasks = list(tasks or PAPER_SLICE)
     # A+Echo reads every text twice: it is scored on the slice without SciFact (its corpus would double
     # the most expensive evaluation), and C is compared with it on those same tasks
     echo_tasks = [t for t in tasks if t in PAPER_SUBSLICE] or tasks
-    per_seed = seeded_scores(profile, [m for m in GAP_MODELS if m != "A+Echo"], tasks)
+    per_seed = seeded_scores(profile, [m for m in GAP_MODELS if m != "A+Echo"] + list(ARMS), tasks)
     echo = seeded_scores(profile, ["A+Echo"], echo_tasks)["A+Echo"]
-    out = gap_closure_seeded(per_seed)
-    c_sub = {s: float(np.mean([per_seed["C"][s][t] for t in echo_tasks])) for s in per_seed["C"]}
+    out = gap_closure_seeded({m: per_seed[m] for m in ("A", "B", "C")})
     seeds = out["seeds"]
+    c_sub = {s: float(np.mean([per_seed["C"][s][t] for t in echo_tasks])) for s in per_seed["C"]}
     out["per_seed_tasks"]["A+Echo"] = {str(s): echo[s] for s in seeds}
     out["echo_tasks"] = echo_tasks
     out["c_minus_echo"] = paired_difference([c_sub[s] for s in seeds],
                                             [float(np.mean(list(echo[s].values()))) for s in seeds]).as_dict()
     out["closure_verdict"] = closure_verdict(out)
     out["echo_verdict"] = difference_claim(out["c_minus_echo"], "C against A+Echo", paper=PAPER_STUDENT_MINUS_ECHO)
+    views = {"slice": tasks, "without SciFact": [t for t in tasks if t != "SciFact"] or tasks}
+    means = {view: _slice_means(per_seed, over) for view, over in views.items()}
+    out["arms"] = {arm: {"per_seed_tasks": {str(s): per_seed[arm][s] for s in seeds},
+                         **{view: {"mean": float(np.mean([means[view][arm][s] for s in seeds])),
+                                   **paired_closure(means[view], seeds, (arm, "A"))} for view in views}}
+                   for arm in ("A", "B", "C", *ARMS)}
+    out["warm_start"] = {view: paired_closure(means[view], seeds, ("C-fromA", "A-continued")) for view in views}
+    out["recipe"] = recipe(profile)
     return {"profile": profile.name, "tasks": tasks, **out}
 
 
 def teacher_variants_experiment(profile: Profile | str | None = None) -> dict:
     """GG-SM (B) beside ggsm-scaled (not the paper's), hard and linear, and A.
 
-    Every model on the sub-slice without SciFact (each model's sub-slice mean): ggsm-scaled and hard
-    over the profile's seeds, linear at one seed. Comparisons are paired over seeds where both have
+    Every model on the sub-slice without SciFact (each model's sub-slice mean): hard over the
+    profile's seeds (the sizing gate: does a pretrained causal LM need a gradual switch at all?),
+    linear and ggsm-scaled at one seed. Comparisons are paired over seeds where both have
     them, else one seed against the pooled seed spread of A, B and C. SciFact is left out because no
     comparison here reads it and its corpus is most of a model's evaluation time.
     """
     profile = get_profile(profile)
     seeds = list(profile.seeds)
-    runs = (seeded_scores(profile, ["A", "B", "C", "B-scaled", "B-hard"], PAPER_SUBSLICE)
-            | seeded_scores(profile, ["B-linear"], PAPER_SUBSLICE, seeds[:1]))
+    runs = (seeded_scores(profile, ["A", "B", "C", "B-hard"], PAPER_SUBSLICE)
+            | seeded_scores(profile, ["B-scaled", "B-linear"], PAPER_SUBSLICE, seeds[:1]))
     means = {m: {s: float(np.mean(list(v.values()))) for s, v in per.items()} for m, per in runs.items()}
     spread = pooled_sd({m: list(means[m].values()) for m in ("A", "B", "C")})
     comparisons = {}
@@ -103,9 +162,9 @@ def teacher_variants_experiment(profile: Profile | str | None = None) -> dict:
                                                    [runs["A"][s]["STSBenchmark"] for s in seeds]).as_dict()}
 
 
-# The ablations the paper lists, one seed each: (label, stage model, profile overrides)
+# The ablations the paper lists, one seed each: (label, stage model, profile overrides); λ is not
+# among them: notebook 4 chooses it on validation data (distillation_selection)
 ABLATIONS = [
-    ("λ = 10", "C", {"distill_lambda": "10"}), ("λ = 50", "C", {"distill_lambda": "50"}),
     ("warm-up 0.05", "B", {"ggsm_warm_frac": "0.05"}), ("warm-up 0.25", "B", {"ggsm_warm_frac": "0.25"}),
     ("last-token pooling (B)", "B", {"pooling": "last"}), ("last-token pooling (C)", "C", {"pooling": "last"}),
 ]
@@ -113,7 +172,7 @@ ABLATIONS = [
 
 def ablation_experiment(profile: Profile | str | None = None, spread: float | None = None) -> dict:
     """Each ablation at seed 0 on the sub-slice, against the same model with the profile's setting
-    (λ = 1, warm-up 0.1, mean pooling), judged against the pooled seed spread of A, B and C
+    (warm-up 0.1, mean pooling; C's recipe as chosen on validation data), judged against the pooled seed spread of A, B and C
     (``spread``; by default measured from their seeds on the sub-slice) times sqrt(2)."""
     profile = get_profile(profile)
     seed = profile.seeds[0]

@@ -21,6 +21,9 @@ PROFILE_ENV = "STREAMDISTILL_PROFILE"
 # and is ~5x slower where it has none; "auto" picks one per machine (hardware.precision_choice)
 PRECISIONS = ("float32", "bfloat16")
 AUTO = "auto"
+# where the student C starts: "base" (the base, with A's LoRA initialisation, on A's steps) or "A"
+# (A's trained weights, on the next train_steps steps of pairs: new pairs, as A would have read them)
+STUDENT_INITS = ("base", "A")
 
 
 class ProfileError(ValueError):
@@ -70,8 +73,13 @@ class Profile:
     ggsm_ema_decay: float = 0.9
     linear_warm_weight: float = 0.5  # `linear` variant: constant future weight during warm-up
     ggsm_scaled_beta: float = 1.0  # `ggsm-scaled` (not the paper's): slope on the standardised importance
-    # distillation
+    # distillation: the paper leaves the student's start, the MSE's strength and which texts get
+    # teacher targets open; notebook 4 measures them on validation data (pipeline.distillation_selection)
+    # and the profile's C is the recipe chosen there
     distill_lambda: float = 1.0
+    student_init: str = "base"  # STUDENT_INITS: the base with A's LoRA initialisation, or A's trained weights
+    distill_negatives: bool = False  # hard negatives get teacher targets too
+    distill_lambdas: tuple[int, ...] = (1, 10, 50)  # the λ the selection tries
     teacher_seed: int | None = None  # C distils the teacher of this seed (None: its own seed, paired)
     seeds: tuple[int, ...] = (0, 1, 2)
 
@@ -260,6 +268,8 @@ def get_profile(name: str | Profile | None = None, overrides: dict[str, Any] | N
             valid = ", ".join(k for k in known if k != "name")
             raise ProfileError(f"unknown setting {key!r}; valid settings: {valid}")
         changes[key] = _coerce(key, raw, getattr(base, key), str(known[key].type))
+    if changes.get("student_init", base.student_init) not in STUDENT_INITS:
+        raise ProfileError(f"--set student_init={changes['student_init']!r}: choose one of: {', '.join(STUDENT_INITS)}")
     if changes.get("eval_precision", base.eval_precision) not in (*PRECISIONS, AUTO):  # refused here, not at the first encode
         raise ProfileError(f"--set eval_precision={changes['eval_precision']!r}: choose one of: "
                            f"{', '.join((*PRECISIONS, AUTO))}")

@@ -3,8 +3,8 @@
 Every stage module (``lm``, ``contrastive``, ``leaf``, ``streaming``) builds from what it is
 given; this module knows what each stage builds on and passes it in::
 
-    pretrained ──> base ──┬──> causal (A)
-                          ├──> teacher (B, hard, linear) ──> teacher-embeddings ──┐
+    pretrained ──> base ──┬──> causal (A) ─────────────────── (student_init="A") ──┐
+                          ├──> teacher (B, hard, linear) ──> teacher-embeddings ──┤
                           └────────────────────────────────────────────> student (C)
                           (leaf: the LEAF student; its causal kind starts from base)
 
@@ -72,7 +72,8 @@ def _teacher_embeddings(profile: Profile) -> Path:
 def _student(profile: Profile) -> Path:
     teacher = _distilled_teacher(profile)
     embeddings = contrastive.teacher_embeddings_stage(profile, teacher)
-    return contrastive.student_stage(profile, base(profile), teacher, embeddings)
+    start = _causal(profile) if profile.student_init == "A" else None  # A of the same seed
+    return contrastive.student_stage(profile, base(profile), teacher, embeddings, start)
 
 
 def _leaf(profile: Profile) -> Path:
@@ -97,7 +98,8 @@ STAGES: dict[str, Stage] = {
                      settings=("variant",)),
     "teacher-embeddings": Stage(_teacher_embeddings, contrastive.VERSIONS["teacher-embeddings"],
                                 "B's embeddings of the pairs C reads"),
-    "student": Stage(_student, contrastive.VERSIONS["student"], "C: causal, InfoNCE + λ·MSE to B"),
+    "student": Stage(_student, contrastive.VERSIONS["student"],
+                     "C: causal, InfoNCE + λ·MSE to B (student_init=base|A, distill_lambda, distill_negatives)"),
     "leaf": Stage(_leaf, leaf.VERSION, "the LEAF student (L2 to all-MiniLM-L6-v2)"),
 }
 VERSIONS = {name: stage.version for name, stage in STAGES.items()}
@@ -146,6 +148,7 @@ class ModelSpec:
     attention: str | None = None  # inference attention; None: the saved one
     gap: bool = False  # one of the paper's central table (A, A+Echo, B, C)
     stream: str | None = None  # its role in the streaming benchmark
+    profile: dict = field(default_factory=dict)  # profile settings this model fixes (a distillation arm)
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -157,7 +160,12 @@ MODELS: dict[str, ModelSpec] = {
     "B-hard": ModelSpec("teacher", {"variant": "hard"}),
     "B-linear": ModelSpec("teacher", {"variant": "linear"}),
     "B-scaled": ModelSpec("teacher", {"variant": "ggsm-scaled"}),  # not the paper's: see ggsm
-    "C": ModelSpec("student", gap=True, stream="student"),
+    "B-causal": ModelSpec("teacher", {"variant": "ggsm"}, attention="causal"),  # B's weights, the future closed
+    "C": ModelSpec("student", gap=True, stream="student"),  # the profile's recipe (chosen on validation data)
+    # the distillation arms at the profile's λ: the student's start, and the control for a warm start
+    "C-base": ModelSpec("student", profile={"student_init": "base"}),
+    "C-fromA": ModelSpec("student", profile={"student_init": "A"}),
+    "A-continued": ModelSpec("student", profile={"student_init": "A", "distill_lambda": 0.0}),
 }
 GAP_MODELS = tuple(name for name, spec in MODELS.items() if spec.gap)
 STREAM_MODELS = {spec.stream: name for name, spec in MODELS.items() if spec.stream}
@@ -174,6 +182,7 @@ def load_stage_encoder(name: str, profile: Profile | str | None = None, *, pooli
     if name not in MODELS:
         raise ValueError(f"unknown model stage {name!r}; choose one of: {', '.join(MODELS)}")
     spec = MODELS[name]
+    profile = replace(profile, **spec.profile)
     settings = spec.settings
     if variant is not None:
         if spec.stage != "teacher":
@@ -202,6 +211,15 @@ def _embedding_model(encoder: Encoder, folder: Path, name: str, profile: Profile
                         batch_size=profile.eval_batch_size, precision=profile.eval_precision)
 
 
+def student_label(profile: Profile) -> str:
+    """A student's model name by its recipe, whichever alias resolved it (``C`` is one of the
+    arms), so one student is scored, and its mteb results cached, once."""
+    if profile.student_init == "A" and profile.distill_lambda == 0:
+        return "A-continued"
+    return (f"C-{'fromA' if profile.student_init == 'A' else 'base'}-lambda{profile.distill_lambda:g}"
+            + ("-negatives" if profile.distill_negatives else ""))
+
+
 def model_names() -> list[str]:
     return [MINILM, *MODELS]
 
@@ -223,7 +241,8 @@ def resolve_model(name: str, profile: Profile | str | None = None, sets: dict[st
         raise ValueError(f"unknown teacher variant {variant!r}; choose one of: {', '.join(VARIANTS)}")
     if name in MODELS:
         encoder, folder = load_stage_encoder(name, profile, pooling=pooling, variant=variant)
-        label = name + (f"-{variant}" if variant and variant != "ggsm" else "")
+        label = student_label(replace(profile, **MODELS[name].profile)) if MODELS[name].stage == "student" else name
+        label += f"-{variant}" if variant and variant != "ggsm" else ""
         label += f"-{pooling}" if pooling and pooling != (MODELS[name].pooling or profile.pooling) else ""
         return _embedding_model(encoder, folder, f"streamdistill/{profile.name}-{label}", profile)
     if variant is not None:

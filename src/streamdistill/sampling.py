@@ -99,6 +99,7 @@ class BatchPlan:
         start = int(step) * self.batch_size + int(micro) * self.micro
         return [self.order[start + k] for k in range(self.micro)]
 
-    def used(self, steps: int) -> list[int]:
-        """Every item a run of ``steps`` optimiser steps reads (sorted, each once)."""
-        return sorted({self.order[g] for g in range(int(steps) * self.batch_size)})
+    def used(self, steps: int, start: int = 0) -> list[int]:
+        """Every item optimiser steps ``start .. start + steps - 1`` read (sorted, each once)."""
+        first = int(start) * self.batch_size
+        return sorted({self.order[g] for g in range(first, first + int(steps) * self.batch_size)})

@@ -38,6 +38,8 @@ PAPER_SLICE = ["SciFact", "STSBenchmark", "AmazonCounterfactualClassification", 
 # single-seed ablations are scored
 PAPER_SUBSLICE = [t for t in PAPER_SLICE if t != "SciFact"]
 MIRRORED_TASKS = OFFICIAL_TASKS + ["Banking77Clustering"]
+# validation splits, where the distillation recipe is chosen (never on the test splits the claims read)
+VALIDATION_TASKS = {"STSBenchmark-validation": "STSBenchmark", "MRPC-validation": "MRPC"}
 # what notebook 1 checks the harness on: every mirrored task but the two largest classification sets
 # (16k and 27k training texts: the slowest to score, and no claim reads them)
 HARNESS_TASKS = [t for t in MIRRORED_TASKS if t not in ("EmotionClassification",
@@ -45,7 +47,7 @@ HARNESS_TASKS = [t for t in MIRRORED_TASKS if t not in ("EmotionClassification",
 
 
 def task_names() -> list[str]:
-    return OFFICIAL_TASKS + PROJECT_TASKS + QMSUM_TASKS + SYNTHETIC_TASKS
+    return OFFICIAL_TASKS + PROJECT_TASKS + list(VALIDATION_TASKS) + QMSUM_TASKS + SYNTHETIC_TASKS
 
 
 # --------------------------------------------------------------------------- subsampling
@@ -113,9 +115,12 @@ def _load_classification(task, spec: dict, profile: Profile) -> None:
 
 
 def _load_pairs(task, spec: dict, profile: Profile) -> None:
-    rows = _take(read_jsonl(f"{spec['dir']}/test.jsonl"), profile.task_max_samples, profile.seed)
-    task.dataset = DatasetDict({"test": Dataset.from_list(
-        [{"sentence1": r["sentence1"], "sentence2": r["sentence2"], "labels": int(r["label"])} for r in rows])})
+    splits = {}
+    for split in task.metadata.eval_splits:
+        rows = _take(read_jsonl(f"{spec['dir']}/{split}.jsonl"), profile.task_max_samples, profile.seed)
+        splits[split] = Dataset.from_list(
+            [{"sentence1": r["sentence1"], "sentence2": r["sentence2"], "labels": int(r["label"])} for r in rows])
+    task.dataset = DatasetDict(splits)
 
 
 def _load_clustering(task, spec: dict, profile: Profile) -> None:
@@ -199,6 +204,20 @@ def _project_task(name: str, profile: Profile):
     return _mirror_class(cls, kind, spec, profile)()
 
 
+def _validation_task(name: str, profile: Profile):
+    """The task of ``VALIDATION_TASKS[name]`` scored on its validation split, under its own name
+    (so its results never mix with the test split's)."""
+    source = VALIDATION_TASKS[name]
+    task = get_task(source, profile)
+    meta = task.metadata.model_copy(update={
+        "name": name, "eval_splits": ["validation"],
+        "description": f"{source}'s validation split, where streamdistill chooses its distillation recipe."})
+    cls = type(name.replace("-", ""), (type(task),), {"metadata": meta, "__module__": __name__})
+    out = cls()
+    out.hf_subsets = task.hf_subsets
+    return out
+
+
 # --------------------------------------------------------------------------- public entry point
 
 def get_task(name: str, profile: Profile | str | None = None):
@@ -208,6 +227,10 @@ def get_task(name: str, profile: Profile | str | None = None):
         return synthetic_task(name, profile)
     if name in QMSUM_TASKS:
         return qmsum_task(name, profile)
+    if name in VALIDATION_TASKS:
+        if data_dir() is None:
+            raise MirrorError(f"task {name} needs the data mirror (set STREAMDISTILL_DATA_DIR)")
+        return _validation_task(name, profile)
     if name not in OFFICIAL_TASKS + PROJECT_TASKS:
         raise TaskError(f"unknown task {name!r}; available: {', '.join(task_names())}")
     root = data_dir()
@@ -253,4 +276,4 @@ def task_type(name: str) -> str:
         return "Retrieval"
     if name == "Banking77Clustering":
         return "Clustering"
-    return MIRROR_DATASETS[name]["type"]
+    return MIRROR_DATASETS[VALIDATION_TASKS.get(name, name)]["type"]
