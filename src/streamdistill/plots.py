@@ -102,12 +102,13 @@ def seed_points(per_model: dict[str, list[float]], ylabel: str, title: str = "",
 
 
 def difference_bars(diffs: dict, xlabel: str, title: str = ""):
-    """Horizontal bars of differences (``report.Difference``) with ±2 standard errors."""
+    """Horizontal bars of differences (``stats.Difference``) with their 95 % intervals (the interval
+    the verdicts read); grey where it holds 0."""
     style()
     names = list(diffs)
     fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(names) + 1.2))
-    means = [diffs[n].mean for n in names]
-    errors = [2 * diffs[n].se for n in names]
+    means = np.array([diffs[n].mean for n in names])
+    errors = np.array([[diffs[n].mean - diffs[n].ci[0] for n in names], [diffs[n].ci[1] - diffs[n].mean for n in names]])
     colors = [PALETTE[0] if diffs[n].resolved else PALETTE[5] for n in names]
     ax.barh(range(len(names)), means, xerr=errors, color=colors, alpha=0.8, capsize=3)
     ax.axvline(0, color="black", linewidth=0.8)
@@ -115,6 +116,35 @@ def difference_bars(diffs: dict, xlabel: str, title: str = ""):
     ax.invert_yaxis()
     ax.set_xlabel(xlabel)
     ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def intervals(rows: dict[str, tuple[float, float, float]], xlabel: str, title: str = "",
+              references: dict[str, float] | None = None, limits: tuple[float, float] | None = None):
+    """One row per label: a point with its 95 % interval (``(point, low, high)``; an unbounded end
+    runs to the edge), and vertical reference lines (the null, the paper's figure)."""
+    style()
+    names = list(rows)
+    fig, ax = plt.subplots(figsize=(7.5, 0.42 * len(names) + 1.3))
+    finite = [v for row in rows.values() for v in row if np.isfinite(v)] + list((references or {}).values())
+    lo_edge, hi_edge = limits or (min(finite), max(finite))
+    pad = 0.08 * (hi_edge - lo_edge + 1e-9)
+    lo_edge, hi_edge = lo_edge - pad, hi_edge + pad
+    for k, name in enumerate(names):
+        point, lo, hi = rows[name]
+        lo, hi = (lo if np.isfinite(lo) else lo_edge), (hi if np.isfinite(hi) else hi_edge)
+        ax.plot([lo, hi], [k, k], color=PALETTE[0], linewidth=2.2, solid_capstyle="butt")
+        ax.scatter([point], [k], color=PALETTE[0], s=30, zorder=3)
+    for i, (label, value) in enumerate((references or {}).items()):
+        ax.axvline(value, color=PALETTE[(i + 1) % len(PALETTE)], linestyle="--", linewidth=1, label=label)
+    ax.set_xlim(lo_edge, hi_edge)
+    ax.set_yticks(range(len(names)), names)
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    if references:
+        ax.legend(fontsize=8, frameon=False, loc="lower right")
     fig.tight_layout()
     return fig
 
