@@ -40,18 +40,20 @@ def tiny_pipeline() -> dict:
     from streamdistill import evaluate, pipeline
     from streamdistill.data import training_texts
     from streamdistill.registry import resolve_model
+    from streamdistill.profiles import get_profile
     from streamdistill.streaming import StreamingEncoder
 
+    tiny = get_profile("tiny")
     out = {}
     for stage in ("causal", "teacher", "student"):
         if DEVICE == "cuda":
             torch.cuda.reset_peak_memory_stats()
         started = time.perf_counter()
-        pipeline.run_stage(stage, "tiny")
+        pipeline.run_stage(stage, tiny)
         out[stage] = {"seconds": round(time.perf_counter() - started, 1),
                       "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if DEVICE == "cuda" else 0}
         print(f"tiny {stage}: {out[stage]}", flush=True)
-    encoder, _ = pipeline.load_stage_encoder("C", "tiny")
+    encoder, _ = pipeline.load_stage_encoder("C", tiny)
     out["C_device"] = str(encoder.device)
     texts = [t for t in training_texts(limit=200, seed=0) if len(t) < 300][:64]
     on_gpu = encoder.encode(texts, batch_size=16)
@@ -64,7 +66,7 @@ def tiny_pipeline() -> dict:
         streamed = stream.append(piece)
     out["stream_vs_encode_max_cosine_distance"] = _cosine_distance(streamed, encoder.encode("".join(pieces)))
     started = time.perf_counter()
-    out["C_STSBenchmark_tiny"] = evaluate.evaluate_model(resolve_model("C", "tiny"), ["STSBenchmark"], "tiny")["scores"]["STSBenchmark"]
+    out["C_STSBenchmark_tiny"] = evaluate.evaluate_model(resolve_model("C", tiny), ["STSBenchmark"], tiny)["scores"]["STSBenchmark"]
     out["evaluate_seconds"] = round(time.perf_counter() - started, 1)
     print({k: v for k, v in out.items() if k not in ("causal", "teacher", "student")}, flush=True)
     return out

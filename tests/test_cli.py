@@ -28,14 +28,15 @@ def test_evaluate_applies_profile_overrides_to_the_evaluation(monkeypatch, capsy
     import streamdistill.registry as R
 
     seen = {}
-    monkeypatch.setattr(R, "resolve_model", lambda name, profile, sets: seen.update(model=(profile, sets)) or name)
+    monkeypatch.setattr(R, "resolve_model", lambda name, profile, **inference: seen.update(model=(profile, inference)) or name)
     monkeypatch.setattr(E, "evaluate_model", lambda model, tasks, profile, **kw: seen.update(eval=profile) or
                         {"model": model, "scores": {}})
     assert main(["evaluate", "--model", "C", "--tasks", "STSBenchmark", "--profile", "tiny",
                  "--set", "seed=2", "--set", "eval_experiments=1", "--set", "pooling=last", "--quiet"]) == 0
-    model_profile, sets = seen["model"]
-    # the model gets the inference setting and the profile overrides; the evaluation the overrides
-    assert model_profile == "tiny" and sets == {"seed": "2", "eval_experiments": "1", "pooling": "last"}
+    model_profile, inference = seen["model"]
+    # the profile is resolved once, overrides applied, and both the model and the evaluation get it;
+    # the model also gets the inference setting
+    assert model_profile is seen["eval"] and inference == {"pooling": "last"}
     assert seen["eval"].seed == 2 and seen["eval"].eval_experiments == 1 and seen["eval"].name == "tiny"
 
 
@@ -72,7 +73,8 @@ def test_leaf_student_trains_then_evaluates_against_its_teacher(tmp_path, capsys
 def test_gap_closure_writes_per_seed_scores_the_gap_its_error_the_interval_and_resolved(tmp_path, monkeypatch, capsys):
     import streamdistill.pipeline as P
 
-    base = {"A": 50.0, "A+Echo": 50.5, "B": 55.0, "C": 53.0}
+    base = {"A": 50.0, "A+Echo": 50.5, "B": 55.0, "C": 53.0, "C-base": 53.0, "C-fromA": 53.5, "A-continued": 51.0,
+            "B-causal": 50.5}
 
     def fake(profile, models, tasks, seeds=None):
         return {m: {s: {t: base[m] + 0.2 * s * (m != "A") + 0.1 * (t == "MRPC") for t in tasks}

@@ -115,9 +115,10 @@ def test_export_writes_a_mirror_that_checks_and_loads(tmp_path, monkeypatch):
     assert set(listing) == {"STSBenchmark", "MRPC"}
     assert all(r.ok for r in data.check_mirror(dest))
     monkeypatch.setenv("STREAMDISTILL_DATA_DIR", str(dest))
+    from streamdistill.profiles import get_profile
     from streamdistill.tasks import get_task
 
-    task = get_task("STSBenchmark", "cpu")
+    task = get_task("STSBenchmark", get_profile("cpu"))
     task.load_data()
     assert task.dataset["test"]["score"] == [2.5] * 4
     with pytest.raises(MirrorError, match="unknown dataset"):

@@ -5,12 +5,15 @@ import pytest
 
 from streamdistill import evaluate as E
 from streamdistill import models as M
+from streamdistill.profiles import get_profile
 from streamdistill.registry import resolve_model
 
 
+TINY = get_profile("tiny")
+
 @pytest.fixture(scope="module")
 def minilm():
-    return resolve_model(M.MINILM, "tiny")
+    return resolve_model(M.MINILM, TINY)
 
 
 def test_minilm_resolves_offline_to_the_packaged_copy(minilm):
@@ -20,21 +23,21 @@ def test_minilm_resolves_offline_to_the_packaged_copy(minilm):
 
 def test_unknown_model_is_one_line_with_options():
     with pytest.raises(M.ModelError, match="unknown model 'nope'; available offline: sentence-transformers/all-MiniLM-L6-v2"):
-        resolve_model("nope", "tiny")
+        resolve_model("nope", TINY)
 
 
 def test_evaluation_takes_model_objects_only():
     with pytest.raises(TypeError, match="resolve names with streamdistill.registry.resolve_model"):
-        E.evaluate_model("C", ["STSBenchmark"], "tiny")
+        E.evaluate_model("C", ["STSBenchmark"], TINY)
 
 
 def test_tiny_evaluation_is_real_and_cached(minilm, monkeypatch):
     calls = []
     real_encode = minilm.st_model.encode
     monkeypatch.setattr(minilm.st_model, "encode", lambda *a, **k: calls.append(1) or real_encode(*a, **k))
-    first = E.evaluate_model(minilm, ["STSBenchmark", "MRPC"], "tiny")
+    first = E.evaluate_model(minilm, ["STSBenchmark", "MRPC"], TINY)
     encoded = len(calls)
-    second = E.evaluate_model(minilm, ["STSBenchmark", "MRPC"], "tiny")
+    second = E.evaluate_model(minilm, ["STSBenchmark", "MRPC"], TINY)
     assert first == second
     assert 60 < first["scores"]["STSBenchmark"] < 95  # a trained model on real STS pairs
     assert 50 < first["scores"]["MRPC"] <= 100
@@ -46,8 +49,8 @@ def test_models_never_collide_in_the_cache(minilm):
         return np.stack([np.random.default_rng(zlib.crc32(t.encode())).normal(size=8) for t in texts])
 
     noisy = M.EmbeddingModel(name="noise", revision="r1", embed_dim=8, encode=noise)
-    score_noise = E.evaluate_model(noisy, ["STSBenchmark"], "tiny")["scores"]["STSBenchmark"]
-    score_minilm = E.evaluate_model(minilm, ["STSBenchmark"], "tiny")["scores"]["STSBenchmark"]
+    score_noise = E.evaluate_model(noisy, ["STSBenchmark"], TINY)["scores"]["STSBenchmark"]
+    score_minilm = E.evaluate_model(minilm, ["STSBenchmark"], TINY)["scores"]["STSBenchmark"]
     assert abs(score_noise) < 30 < score_minilm
     folders = {p.parent.name for p in (E.results_root()).rglob("STSBenchmark.json")}
     assert {"r1", minilm.revision} <= folders

@@ -6,8 +6,11 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 from streamdistill.encoder import Encoder
+from streamdistill.profiles import get_profile
 from streamdistill.testing import tiny_decoder, tiny_qwen2, tiny_tokenizer
 from streamdistill.export import EncoderModule, to_sentence_transformer
+
+TINY = get_profile("tiny")
 
 TEXTS = ["a short one", "a somewhat longer sentence about the river and the bridge", "x",
          "the committee repaired the old engine after the storm had passed over the market"]
@@ -55,7 +58,7 @@ def test_the_harness_evaluates_an_exported_teacher_folder_without_trusting_remot
     tok = tiny_tokenizer()
     enc = Encoder(tiny_qwen2(tok.vocab_size), tok, attention="bidirectional").eval()
     folder = to_sentence_transformer(enc, tmp_path / "teacher-st")
-    model = resolve_model(str(folder), "tiny")
+    model = resolve_model(str(folder), TINY)
     assert model.name == "streamdistill/teacher-st"
     ours = enc.encode(TEXTS)
     assert float((1 - (ours * model.encode(TEXTS)).sum(1)).max()) <= 1e-5
@@ -69,7 +72,7 @@ def test_cli_exports_a_stage_model_that_loads_with_one_call(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["loads_with"] == "SentenceTransformer(path)" and out["attention"] == "causal"
     st = SentenceTransformer(str(tmp_path / "C"), device="cpu")  # plain modules: nothing but sentence-transformers
-    encoder, _ = load_stage_encoder("C", "tiny")
+    encoder, _ = load_stage_encoder("C", TINY)
     assert st.max_seq_length == encoder.max_length
     ours, theirs = encoder.encode(TEXTS), st.encode(TEXTS, batch_size=4)
     assert float((1 - (ours * theirs).sum(1)).max()) <= 1e-5

@@ -169,17 +169,17 @@ def test_bad_stage_inputs_raise_value_errors(call, message):
 
 def test_stage_names_resolve_to_evaluable_models():
     assert {"C", "A+Echo"} <= set(registry.MODELS) and registry.GAP_MODELS == ("A", "A+Echo", "B", "C")
-    model = registry.resolve_model("C", "tiny")
+    model = registry.resolve_model("C", TINY)
     assert model.name == "streamdistill/tiny-C-base-lambda1"  # a student is named by its recipe
     # an arm that is the profile's C is the same model under the same name (scored once)
-    assert registry.resolve_model("C-base", "tiny").name == model.name
+    assert registry.resolve_model("C-base", TINY).name == model.name
     assert registry.resolve_model("A-continued", TINY).name == "streamdistill/tiny-A-continued"
     emb = model.encode(["a short text", "another one"], None)
     assert emb.shape == (2, 32) and abs(float((emb**2).sum(1)[0]) - 1.0) < 1e-5
-    echo = registry.resolve_model("A+Echo", "tiny")
-    plain = registry.resolve_model("A", "tiny")
+    echo = registry.resolve_model("A+Echo", TINY)
+    plain = registry.resolve_model("A", TINY)
     assert echo.revision != plain.revision  # same weights, other inference: other cache entry
-    via_sets = registry.resolve_model("A", TINY, {"pooling": "echo"})
+    via_sets = registry.resolve_model("A", TINY, pooling="echo")
     assert via_sets.encode(["x y z"], None).tolist() == echo.encode(["x y z"], None).tolist()
     with pytest.raises(ModelError, match="unknown model 'not-a-stage'"):
         registry.resolve_model("not-a-stage", TINY)
@@ -254,15 +254,15 @@ def test_gap_closure_experiment_pairs_the_four_models_over_seeds(monkeypatch):
 
 def test_teacher_variants_are_scored_on_the_sub_slice_only(monkeypatch):
     """No variant comparison reads SciFact, so no model is evaluated on it here (its corpus is the
-    costliest evaluation); linear has one seed and is judged against the pooled spread."""
+    costliest evaluation); linear and ggsm-scaled have one seed and are judged against the pooled spread."""
     from streamdistill.tasks import PAPER_SUBSLICE
 
     base = {"A": 50.0, "B": 55.0, "C": 54.0, "B-scaled": 55.5, "B-hard": 53.0, "B-linear": 55.0}
     seen = fake_stage_scores(monkeypatch, base, per_seed=0.5)
     out = pipeline.teacher_variants_experiment(TINY)
     assert {tasks for _, _, tasks in seen} == {tuple(PAPER_SUBSLICE)}
-    assert sorted(s for name, s, _ in seen if name == "B-scaled") == list(TINY.seeds)
-    assert [s for name, s, _ in seen if name == "B-linear"] == [TINY.seeds[0]]
+    assert sorted(s for name, s, _ in seen if name == "B-hard") == list(TINY.seeds)  # the sizing gate: every seed
+    assert [s for name, s, _ in seen if name in ("B-scaled", "B-linear")] == [TINY.seeds[0]] * 2
     assert out["minus_B"]["B-hard"]["mean"] == pytest.approx(-2.0)
     assert out["hard_minus_A_stsb"]["mean"] == pytest.approx(3.0 + 0.5 * sum(TINY.seeds) / len(TINY.seeds))
 
@@ -287,7 +287,7 @@ def test_cli_train_teacher_prints_json(capsys):
 def test_ggsm_overhead_benchmark_reports_each_phase():
     from streamdistill.pipeline import ggsm_overhead
 
-    report = ggsm_overhead("tiny", steps=3, repeats=1)
+    report = ggsm_overhead(TINY, steps=3, repeats=1)
     assert set(report["seconds_per_step"]) == {"bidirectional", "ggsm (warm-up)", "ggsm (schedule)"}
     assert all(v > 0 for v in report["seconds_per_step"].values())
     assert all(v > 0 for v in report["tokens_per_s"].values())

@@ -36,14 +36,14 @@ def _emit(result: dict, out: str | None) -> None:
 
 def cmd_evaluate(args) -> dict:
     from .evaluate import evaluate_model
-    from .registry import INFERENCE_SETTINGS, resolve_model
+    from .registry import resolve_model, split_sets
     from .tasks import task_list
 
-    sets = parse_sets(args.set)
+    inference, overrides = split_sets(parse_sets(args.set))
     # Profile overrides (e.g. seed=1, eval_experiments=3) apply to the model *and* the evaluation.
-    profile = get_profile(args.profile, {k: v for k, v in sets.items() if k not in INFERENCE_SETTINGS})
+    profile = get_profile(args.profile, overrides)
     task_list(args.tasks)  # validate task names before loading a model
-    model = resolve_model(args.model, args.profile, sets)
+    model = resolve_model(args.model, profile, **inference)
     if args.teacher:  # LEAF: the student against its teacher, alone and in asymmetric mode
         from .leaf import asymmetric_scores
 
@@ -115,7 +115,10 @@ def cmd_export(args) -> dict:
     from .export import needs_encoder_module, to_sentence_transformer
     from .registry import resolve_encoder
 
-    encoder = resolve_encoder(args.model, args.profile, parse_sets(args.set))
+    from .registry import split_sets
+
+    inference, overrides = split_sets(parse_sets(args.set))
+    encoder = resolve_encoder(args.model, get_profile(args.profile, overrides), **inference)
     folder = to_sentence_transformer(encoder, args.to)
     loads_with = ("SentenceTransformer(path, trust_remote_code=True)" if needs_encoder_module(encoder)
                   else "SentenceTransformer(path)")

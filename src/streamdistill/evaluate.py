@@ -23,7 +23,7 @@ import numpy as np
 from .artifacts import config_hash, repo_root
 from .data import MIRROR_DATASETS, data_dir, data_fingerprint, hub_available
 from .models import EmbeddingModel
-from .profiles import Profile, get_profile
+from .profiles import Profile
 from .tasks import get_tasks
 
 RESULTS_ENV = "STREAMDISTILL_RESULTS"
@@ -119,7 +119,7 @@ def _points(score: float) -> float:
     return round(100.0 * float(score), 3)
 
 
-def evaluate_model(model: EmbeddingModel, tasks: Sequence[str] | str, profile: Profile | str | None = None,
+def evaluate_model(model: EmbeddingModel, tasks: Sequence[str] | str, profile: Profile,
                    *, per_split: bool = False, show_progress: bool = False) -> dict[str, Any]:
     """Evaluate a model on tasks through ``mteb.evaluate``; cached per model name + revision.
 
@@ -129,7 +129,6 @@ def evaluate_model(model: EmbeddingModel, tasks: Sequence[str] | str, profile: P
     import mteb
     from mteb.cache import ResultCache
 
-    profile = get_profile(profile)
     if not isinstance(model, EmbeddingModel):
         raise TypeError(f"evaluate_model takes an EmbeddingModel, not {type(model).__name__}; "
                         "resolve names with streamdistill.registry.resolve_model")

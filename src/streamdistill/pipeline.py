@@ -20,7 +20,7 @@ import numpy as np
 
 from .contrastive import ggsm_overhead as _ggsm_overhead
 from .evaluate import evaluate_model
-from .profiles import STUDENT_INITS, Profile, get_profile
+from .profiles import STUDENT_INITS, Profile
 from .registry import (  # noqa: F401  (the façade: what notebooks and README use)
     GAP_MODELS,
     MODELS,
@@ -41,10 +41,9 @@ ARMS = ("C-base", "C-fromA", "A-continued", "B-causal")
 RECIPE = ("student_init", "distill_lambda", "distill_negatives")  # what the selection chooses
 
 
-def seeded_scores(profile: Profile | str | None, models: Sequence[str], tasks: Sequence[str],
+def seeded_scores(profile: Profile, models: Sequence[str], tasks: Sequence[str],
                   seeds: Sequence[int] | None = None) -> dict[str, dict[int, dict[str, float]]]:
     """``{model: {seed: {task: score}}}``: each stage model trained (if missing) and evaluated per seed."""
-    profile = get_profile(profile)
     out: dict[str, dict[int, dict[str, float]]] = {}
     for name in models:
         for seed in seeds if seeds is not None else profile.seeds:
@@ -62,7 +61,7 @@ def recipe(profile: Profile) -> dict:
     return {key: getattr(profile, key) for key in RECIPE}
 
 
-def distillation_selection(profile: Profile | str | None = None) -> dict:
+def distillation_selection(profile: Profile) -> dict:
     """The student's recipe chosen on validation data, never on the test slice.
 
     At the profile's first seed, a student for each start (``STUDENT_INITS``) and each λ of
@@ -72,7 +71,6 @@ def distillation_selection(profile: Profile | str | None = None) -> dict:
     of the warm start) are scored alongside. The student's cosine to the teacher is no criterion:
     it rises with λ whatever the task scores do.
     """
-    profile = get_profile(profile)
     first = replace(profile, seed=profile.seeds[0])
     tasks = list(VALIDATION_TASKS)
 
@@ -94,7 +92,7 @@ def distillation_selection(profile: Profile | str | None = None) -> dict:
             "matches_profile": picked == recipe(profile)}
 
 
-def gap_closure_experiment(profile: Profile | str | None = None, tasks: Sequence[str] | None = None) -> dict:
+def gap_closure_experiment(profile: Profile, tasks: Sequence[str] | None = None) -> dict:
     """The paper's central table over the profile's paired seeds: A, A+Echo, B and C on the slice,
     and the distillation arms (:data:`ARMS`): C from the base, C from A, A continued at λ = 0, and
     B's weights run causally.
@@ -105,7 +103,6 @@ def gap_closure_experiment(profile: Profile | str | None = None, tasks: Sequence
     interval, overall and without SciFact, and ``warm_start``: ``(C_fromA − A_continued)/(B − A)``,
     the warm start's closure read against more training alone.
     """
-    profile = get_profile(profile)
     tasks = list(tasks or PAPER_SLICE)
     # A+Echo reads every text twice: it is scored on the slice without SciFact (its corpus would double
     # the most expensive evaluation), and C is compared with it on those same tasks
@@ -132,7 +129,7 @@ def gap_closure_experiment(profile: Profile | str | None = None, tasks: Sequence
     return {"profile": profile.name, "tasks": tasks, **out}
 
 
-def teacher_variants_experiment(profile: Profile | str | None = None) -> dict:
+def teacher_variants_experiment(profile: Profile) -> dict:
     """GG-SM (B) beside ggsm-scaled (not the paper's), hard and linear, and A.
 
     Every model on the sub-slice without SciFact (each model's sub-slice mean): hard over the
@@ -141,7 +138,6 @@ def teacher_variants_experiment(profile: Profile | str | None = None) -> dict:
     them, else one seed against the pooled seed spread of A, B and C. SciFact is left out because no
     comparison here reads it and its corpus is most of a model's evaluation time.
     """
-    profile = get_profile(profile)
     seeds = list(profile.seeds)
     runs = (seeded_scores(profile, ["A", "B", "C", "B-hard"], PAPER_SUBSLICE)
             | seeded_scores(profile, ["B-scaled", "B-linear"], PAPER_SUBSLICE, seeds[:1]))
@@ -165,16 +161,15 @@ def teacher_variants_experiment(profile: Profile | str | None = None) -> dict:
 # The ablations the paper lists, one seed each: (label, stage model, profile overrides); λ is not
 # among them: notebook 4 chooses it on validation data (distillation_selection)
 ABLATIONS = [
-    ("warm-up 0.05", "B", {"ggsm_warm_frac": "0.05"}), ("warm-up 0.25", "B", {"ggsm_warm_frac": "0.25"}),
+    ("warm-up 0.05", "B", {"ggsm_warm_frac": 0.05}), ("warm-up 0.25", "B", {"ggsm_warm_frac": 0.25}),
     ("last-token pooling (B)", "B", {"pooling": "last"}), ("last-token pooling (C)", "C", {"pooling": "last"}),
 ]
 
 
-def ablation_experiment(profile: Profile | str | None = None, spread: float | None = None) -> dict:
+def ablation_experiment(profile: Profile, spread: float | None = None) -> dict:
     """Each ablation at seed 0 on the sub-slice, against the same model with the profile's setting
     (warm-up 0.1, mean pooling; C's recipe as chosen on validation data), judged against the pooled seed spread of A, B and C
     (``spread``; by default measured from their seeds on the sub-slice) times sqrt(2)."""
-    profile = get_profile(profile)
     seed = profile.seeds[0]
     if spread is None:
         per = seeded_scores(profile, ["A", "B", "C"], PAPER_SUBSLICE)
@@ -183,7 +178,7 @@ def ablation_experiment(profile: Profile | str | None = None, spread: float | No
                  for m in ("B", "C")}
     rows = []
     for label, model, sets in ABLATIONS:
-        varied = get_profile(replace(profile, seed=seed), sets)
+        varied = replace(profile, seed=seed, **sets)
         scores = evaluate_model(resolve_model(model, varied), PAPER_SUBSLICE, varied)["scores"]
         diff = single_seed_difference(float(np.mean(list(scores.values()))),
                                       float(np.mean(list(reference[model].values()))), spread)
@@ -193,7 +188,7 @@ def ablation_experiment(profile: Profile | str | None = None, spread: float | No
             "reference": reference, "rows": rows}
 
 
-def long_context_experiment(profile: Profile | str | None = None, models: Sequence[str] = ("A", "A+Echo", "B", "C"),
+def long_context_experiment(profile: Profile, models: Sequence[str] = ("A", "A+Echo", "B", "C"),
                             task: str = "QMSumRetrieval") -> dict:
     """QMSum (real meetings) for the stage models over the profile's seeds, each reading the first N
     tokens of every meeting for N in ``profile.qmsum_lengths`` (Echo reads them twice), and
@@ -201,7 +196,6 @@ def long_context_experiment(profile: Profile | str | None = None, models: Sequen
     over the lengths. Scores are nDCG@10 × 100."""
     from .models import MINILM
 
-    profile = get_profile(profile)
     scores: dict[str, dict[str, dict[str, float]]] = {}
     for name in models:
         for n in profile.qmsum_lengths:
@@ -226,7 +220,7 @@ def long_context_experiment(profile: Profile | str | None = None, models: Sequen
             "minilm_max_tokens": reference.max_tokens}
 
 
-def synthetic_long_context(profile: Profile | str | None = None, models: Sequence[str] = ("A", "A+Echo", "B", "C"),
+def synthetic_long_context(profile: Profile, models: Sequence[str] = ("A", "A+Echo", "B", "C"),
                            read_tokens: int = 4096) -> dict:
     """The synthetic passkey and needle tasks at the profile's first seed: per model, per task, per
     length split, nDCG@10 × 100; the stage models read up to ``read_tokens`` tokens (Echo half as many
@@ -234,7 +228,6 @@ def synthetic_long_context(profile: Profile | str | None = None, models: Sequenc
     from .longcontext import SYNTHETIC_TASKS
     from .models import MINILM
 
-    profile = get_profile(profile)
     budget = min(read_tokens, profile.max_positions - 64)
     out = {}
     for name in (*models, MINILM):
@@ -249,8 +242,7 @@ def _jsonable(per: dict) -> dict:
     return {m: {str(s): v for s, v in runs.items()} for m, runs in per.items()}
 
 
-def ggsm_overhead(profile: Profile | str | None = None, steps: int = 12, repeats: int = 3) -> dict:
+def ggsm_overhead(profile: Profile, steps: int = 12, repeats: int = 3) -> dict:
     """GG-SM's per-step cost against plain bidirectional training, on a random decoder of the
     profile's shape with the base model's tokenizer (see ``contrastive.ggsm_overhead``)."""
-    profile = get_profile(profile)
     return _ggsm_overhead(profile, base(profile).tokenizer(), steps=steps, repeats=repeats)

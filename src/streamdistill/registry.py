@@ -28,7 +28,7 @@ from .encoder import POOLINGS, Encoder, inference_device
 from .ggsm import VARIANTS
 from .models import MINILM, EmbeddingModel, ModelError, folder_kind, from_encoder, load_folder, load_hub, \
     load_sentence_transformer, minilm_path, weights_revision
-from .profiles import Profile, get_profile
+from .profiles import Profile
 from .streaming import random_benchmark_encoders
 
 STREAM_WEIGHTS_ENV = "STREAMDISTILL_STREAM_WEIGHTS"  # "random" skips the pipeline (latency needs no training)
@@ -110,12 +110,11 @@ def stage_help() -> str:
     return "; ".join(f"{name}: {stage.help}" for name, stage in STAGES.items())
 
 
-def run_stage(stage: str, profile: Profile | str | None = None, **settings) -> tuple[Path, dict]:
+def run_stage(stage: str, profile: Profile, **settings) -> tuple[Path, dict]:
     """Train (or fetch from the cache) one stage: ``(artifact folder, summary)``.
 
     ``settings`` are stage settings that are not profile fields (``variant=`` for ``teacher``).
     """
-    profile = get_profile(profile)
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; choose one of: {', '.join(STAGES)}")
     unknown = set(settings) - set(STAGE_SETTINGS)
@@ -172,13 +171,19 @@ STREAM_MODELS = {spec.stream: name for name, spec in MODELS.items() if spec.stre
 INFERENCE_SETTINGS = ("pooling", "variant")  # `--set` keys that choose how a named model reads
 
 
-def load_stage_encoder(name: str, profile: Profile | str | None = None, *, pooling: str | None = None,
+def split_sets(sets: dict[str, str] | None) -> tuple[dict[str, str], dict[str, str]]:
+    """``--set`` items as ``(inference settings, profile overrides)``: the former choose how a named
+    model reads (:data:`INFERENCE_SETTINGS`), the latter go to ``get_profile`` where a run starts."""
+    sets = dict(sets or {})
+    return {k: sets.pop(k) for k in INFERENCE_SETTINGS if k in sets}, sets
+
+
+def load_stage_encoder(name: str, profile: Profile, *, pooling: str | None = None,
                        variant: str | None = None) -> tuple[Encoder, Path]:
     """The encoder of a :data:`MODELS` name, trained if missing, set up for evaluation.
 
     Returns ``(encoder, weights folder)``; ``max_length`` is ``profile.eval_max_length``.
     """
-    profile = get_profile(profile)
     if name not in MODELS:
         raise ValueError(f"unknown model stage {name!r}; choose one of: {', '.join(MODELS)}")
     spec = MODELS[name]
@@ -224,17 +229,13 @@ def model_names() -> list[str]:
     return [MINILM, *MODELS]
 
 
-def resolve_model(name: str, profile: Profile | str | None = None, sets: dict[str, str] | None = None) -> EmbeddingModel:
+def resolve_model(name: str, profile: Profile, *, pooling: str | None = None,
+                  variant: str | None = None) -> EmbeddingModel:
     """A model by name: all-MiniLM-L6-v2 (offline), a :data:`MODELS` name, a model folder, or a Hub id.
 
-    ``sets`` are ``--set`` settings: ``pooling=mean|last|echo`` and ``variant=`` choose how a
-    stage model (or an encoder folder) reads; any other key is a profile override (e.g. ``seed=1``
-    picks that seed's stage models).
+    ``pooling=mean|last|echo`` and ``variant=`` choose how a stage model (or an encoder folder)
+    reads; the profile (its seed picks the stage models' seed) is resolved by the caller.
     """
-    sets = dict(sets or {})
-    inference = {k: sets.pop(k) for k in INFERENCE_SETTINGS if k in sets}
-    profile = get_profile(profile, sets)
-    pooling, variant = inference.get("pooling"), inference.get("variant")
     if pooling is not None and pooling not in POOLINGS:
         raise ValueError(f"unknown pooling {pooling!r}; choose one of: {', '.join(POOLINGS)}")
     if variant is not None and variant not in VARIANTS:
@@ -269,22 +270,20 @@ def resolve_model(name: str, profile: Profile | str | None = None, sets: dict[st
                      f"or a stage name ({', '.join(MODELS)})")
 
 
-def resolve_encoder(name: str, profile: Profile | str | None = None, sets: dict[str, str] | None = None) -> Encoder:
+def resolve_encoder(name: str, profile: Profile, *, pooling: str | None = None,
+                    variant: str | None = None) -> Encoder:
     """The streamdistill :class:`Encoder` of a stage model name or an encoder folder (for export)."""
-    sets = dict(sets or {})
-    inference = {k: sets.pop(k) for k in INFERENCE_SETTINGS if k in sets}
-    profile = get_profile(profile, sets)
     if name in MODELS:
-        return load_stage_encoder(name, profile, **inference)[0]
+        return load_stage_encoder(name, profile, pooling=pooling, variant=variant)[0]
     path = Path(name).expanduser()
     if folder_kind(path) == "encoder":
         encoder = Encoder.load(path)
-        encoder.pooling = inference.get("pooling") or encoder.pooling
+        encoder.pooling = pooling or encoder.pooling
         return encoder
     raise ModelError(f"{name!r} is neither a stage model ({', '.join(MODELS)}) nor a streamdistill encoder folder")
 
 
-def stream_encoders(profile: Profile | str | None = None, *, weights: str | None = None,
+def stream_encoders(profile: Profile, *, weights: str | None = None,
                     max_positions: int | None = None) -> tuple[dict[str, Encoder], str]:
     """``({"student": C, "teacher": B, "echo_model": A+Echo}, "trained" | "random")`` for the benchmark.
 
@@ -292,7 +291,6 @@ def stream_encoders(profile: Profile | str | None = None, *, weights: str | None
     ``"random"`` (or ``$STREAMDISTILL_STREAM_WEIGHTS=random``) builds randomly initialised ones of
     the profile's shape: latency does not depend on the weights.
     """
-    profile = get_profile(profile)
     weights = weights or os.environ.get(STREAM_WEIGHTS_ENV) or "trained"
     if weights == "random":
         return random_benchmark_encoders(profile, max_positions=max_positions), "random"

@@ -23,7 +23,7 @@ from datasets import Dataset, DatasetDict
 
 from .data import MIRROR_DATASETS, MirrorError, data_dir, document_text, hub_available, read_jsonl, read_qrels
 from .longcontext import QMSUM_TASKS, SYNTHETIC_TASKS, qmsum_task, synthetic_task
-from .profiles import Profile, get_profile
+from .profiles import Profile
 
 
 class TaskError(ValueError):
@@ -220,9 +220,8 @@ def _validation_task(name: str, profile: Profile):
 
 # --------------------------------------------------------------------------- public entry point
 
-def get_task(name: str, profile: Profile | str | None = None):
+def get_task(name: str, profile: Profile):
     """An mteb task instance for ``name``: from the mirror, else the Hub, else synthetic."""
-    profile = get_profile(profile)
     if name in SYNTHETIC_TASKS:
         return synthetic_task(name, profile)
     if name in QMSUM_TASKS:
@@ -259,7 +258,7 @@ def task_list(names: list[str] | str) -> list[str]:
     return list(names)
 
 
-def get_tasks(names: list[str] | str, profile: Profile | str | None = None) -> list:
+def get_tasks(names: list[str] | str, profile: Profile) -> list:
     return [get_task(n, profile) for n in task_list(names)]
 
 
