@@ -77,3 +77,19 @@ def precision_choice() -> dict:
     return {**out, **speed, "bf16_over_fp32": round(ratio, 2), "precision": chosen,
             "reason": f"native bf16 ({', '.join(flags)}), measured {ratio:.1f}x the float32 matmul rate "
                       f"({'at least' if chosen == 'bfloat16' else 'below'} {BF16_MIN_SPEEDUP}x)"}
+
+
+def best_seconds(calls: dict, repeats: int = 3, warmup: bool = True) -> dict[str, float]:
+    """Wall seconds of each ``name: call()``, measured side by side: the calls alternate over
+    ``repeats`` rounds (after one untimed warm-up round) and each keeps its best round, so a slow
+    moment of a shared machine does not decide a ratio."""
+    if warmup:
+        for call in calls.values():
+            call()
+    best = {name: float("inf") for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            started = time.perf_counter()
+            call()
+            best[name] = min(best[name], time.perf_counter() - started)
+    return best
