@@ -170,9 +170,9 @@ def test_bad_stage_inputs_raise_value_errors(call, message):
 def test_stage_names_resolve_to_evaluable_models():
     assert {"C", "A+Echo"} <= set(registry.MODELS) and registry.GAP_MODELS == ("A", "A+Echo", "B", "C")
     model = registry.resolve_model("C", TINY)
-    assert model.name == "streamdistill/tiny-C-base-lambda1"  # a student is named by its recipe
+    assert model.name == "streamdistill/tiny-C-fromA-lambda1"  # a student is named by its recipe
     # an arm that is the profile's C is the same model under the same name (scored once)
-    assert registry.resolve_model("C-base", TINY).name == model.name
+    assert registry.resolve_model("C-fromA", TINY).name == model.name
     assert registry.resolve_model("A-continued", TINY).name == "streamdistill/tiny-A-continued"
     emb = model.encode(["a short text", "another one"], None)
     assert emb.shape == (2, 32) and abs(float((emb**2).sum(1)[0]) - 1.0) < 1e-5
@@ -295,15 +295,15 @@ def test_ggsm_overhead_benchmark_reports_each_phase():
 
 
 def test_the_student_at_lambda_zero_is_A_weight_for_weight():
-    """λ = 0 is the control the λ sweep needs: the same base, order, seed and InfoNCE, so C is A."""
+    """λ = 0 from the base is the control of the λ sweep: the same base, order, seed and InfoNCE, so C is A."""
     from safetensors.torch import load_file
 
     a, _ = pipeline.run_stage("causal", TINY)
-    c, summary = pipeline.run_stage("student", get_profile("tiny", {"distill_lambda": "0"}))
+    c, summary = pipeline.run_stage("student", get_profile("tiny", {"distill_lambda": "0", "student_init": "base"}))
     wa = load_file(str(a / "model" / "backbone" / "model.safetensors"))
     wc = load_file(str(c / "model" / "backbone" / "model.safetensors"))
     assert set(wa) == set(wc) and all(torch.equal(wa[k], wc[k]) for k in wa)
-    c1, _ = pipeline.run_stage("student", TINY)  # λ = 1: the teacher does move the student
+    c1, _ = pipeline.run_stage("student", get_profile("tiny", {"student_init": "base"}))  # λ = 1: the teacher moves it
     w1 = load_file(str(c1 / "model" / "backbone" / "model.safetensors"))
     assert not all(torch.equal(wa[k], w1[k]) for k in wa)
 
@@ -317,6 +317,8 @@ def test_a_student_from_A_reads_the_pairs_after_As_from_As_weights():
 
     steps = TINY.train_steps
     from_a = replace(TINY, student_init="A")
+    order_base = contrastive.student_pair_data(replace(TINY, student_init="base"))
+    assert order_base.offset == 0 and order_base.indices(0, 0) == contrastive.pair_data(TINY).indices(0, 0)
     order, student = contrastive.pair_data(TINY), contrastive.student_pair_data(from_a)
     assert student.indices(0, 0) == order.indices(steps, 0) and student.offset == steps
     assert student.used(steps) == order.plan.used(steps, start=steps) != order.used(steps)
@@ -379,7 +381,7 @@ def test_the_recipe_is_chosen_on_validation_scores(monkeypatch):
     assert out["chosen"] == {"student_init": "A", "distill_lambda": 50.0, "distill_negatives": False}
     assert out["rows"][-1]["distill_negatives"] and out["rows"][-1]["mean"] == pytest.approx(62.5 + 0.5 - 0.5)
     assert out["reference"]["B"]["mean"] == pytest.approx(63.5) and not out["matches_profile"]
-    assert out["profile_recipe"] == {"student_init": "base", "distill_lambda": 1.0, "distill_negatives": False}
+    assert out["profile_recipe"] == {"student_init": "A", "distill_lambda": 1.0, "distill_negatives": False}
 
 
 def test_validation_tasks_read_the_validation_split_under_their_own_name():

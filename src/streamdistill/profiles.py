@@ -75,9 +75,10 @@ class Profile:
     ggsm_scaled_beta: float = 1.0  # `ggsm-scaled` (not the paper's): slope on the standardised importance
     # distillation: the paper leaves the student's start, the MSE's strength and which texts get
     # teacher targets open; notebook 4 measures them on validation data (pipeline.distillation_selection)
-    # and the profile's C is the recipe chosen there
+    # and the profile's C is the recipe chosen there at the cpu profile (every profile inherits it;
+    # notebook 4 says when a profile's own selection disagrees)
     distill_lambda: float = 1.0
-    student_init: str = "base"  # STUDENT_INITS: the base with A's LoRA initialisation, or A's trained weights
+    student_init: str = "A"  # STUDENT_INITS: A's trained weights on new pairs, or the base with A's LoRA init
     distill_negatives: bool = False  # hard negatives get teacher targets too
     distill_lambdas: tuple[int, ...] = (1, 10, 50)  # the λ the selection tries
     teacher_seed: int | None = None  # C distils the teacher of this seed (None: its own seed, paired)
