@@ -284,3 +284,46 @@ def test_a_real_build_stamps_its_copy_and_reports_what_reproduced(repo, capsys, 
     assert record["notebooks"][stem]["same_code"] is False
     err = capsys.readouterr().err
     assert f"[book]   {label}: 0.375 -> 0.625: beyond its noise +0.25 (noise ± 0.125); verdict does not hold -> not resolved (CHANGED)" in err
+
+
+def test_the_copies_table_says_where_each_copy_came_from_and_whether_it_matches():
+    states = {"05_evaluation": ("current", "made from the code beside it"),
+              "07_streaming": ("stale", "src/ (aaaaaaa → eeeeeee) changed since the copy was executed"),
+              "09_leaf_alignment": ("missing", "no executed copy")}
+    copies = {"05_evaluation": _nb(record=RECORD), "07_streaming": _nb(record={**RECORD, "source": {**CODE, "dirty": True}}),
+              "09_leaf_alignment": None}
+    assert book.copies_table(states, copies).splitlines()[2:] == [
+        "| 05_evaluation | cpu | 2026-12-04 02:10 | 127 / 380 GFLOP/s fp32 / bf16, bfloat16 | `aaaaaaaaaa` | yes |",
+        "| 07_streaming | cpu | 2026-12-04 02:10 | 127 / 380 GFLOP/s fp32 / bf16, bfloat16 | `aaaaaaaaaa` (uncommitted changes) | "
+        "no: src/ (aaaaaaa → eeeeeee) changed since the copy was executed |",
+        "| 09_leaf_alignment | | | | | missing: no executed copy |"]
+
+
+def _determinism(same: bool, threads: bool) -> dict:
+    def comparison(varies, identical, step):
+        return {"runs": ["2 threads", varies], "varies": varies, "weights_identical": identical, "base_identical": True,
+                "first_step_whose_loss_differs": step, "loss_max_abs_difference": 0.0 if identical else 2.5e-07,
+                "embeddings": {"bfloat16": {"identical": identical, "max_abs_difference": 0.0 if identical else 0.0039,
+                                            "min_cosine": 1.0 if identical else 0.9999871}}}
+    return {"measured": "2026-12-05T04:00:00+00:00", "stage": "causal (A)", "profile": "cpu", "train_steps": 6, "texts": 64,
+            "machine": {**SPEED, "native_bf16": ["amx_bf16"], "cpus": 2, "torch": "2.13.0", "precision": "bfloat16"},
+            "runs": [], "comparisons": [comparison("nothing", same, None if same else 3),
+                                        comparison("the thread count", not threads, 1 if threads else None),
+                                        comparison("the kernels", True, None)]}
+
+
+def test_the_determinism_finding_is_read_from_its_json(tmp_path):
+    (tmp_path / "book" / "data").mkdir(parents=True)
+    assert book.determinism_text(tmp_path).startswith("Not measured yet")
+    path = tmp_path / "book" / "data" / "determinism.json"
+    path.write_text(json.dumps(_determinism(same=True, threads=True)))
+    text = book.determinism_text(tmp_path)
+    assert text.startswith("Stage causal (A) at profile `cpu`, trained for 6 steps in each run")
+    assert "| the thread count | 2 threads / the thread count | differ | 1 | 2.5e-07 | max abs. difference 0.0039, min cosine 0.999987 |" in text
+    assert "| nothing | 2 threads / nothing | identical | none | 0 | identical |" in text
+    assert text.endswith("A same-seed retrain on one machine, with the same threads and kernels, is bitwise identical: "
+                         "weights, every step's loss and the embeddings. Changing the thread count changes the weights.\n")
+    path.write_text(json.dumps(_determinism(same=False, threads=False)))
+    assert book.determinism_text(tmp_path).endswith(
+        "A same-seed retrain on one machine is not bitwise identical even with the same threads and kernels (the loss "
+        "first differs at step 3). Neither the thread count nor the kernels changed the weights.\n")

@@ -375,6 +375,45 @@ def sizing_table(root: Path | None = None) -> str:
                               f"{chosen}\n")
 
 
+def determinism_text(root: Path | None = None) -> str:
+    """What ``benchmarks/determinism.py`` found (``book/data/determinism.json``), in Markdown: one
+    row per comparison of same-seed retrains, and the finding, both read from the JSON."""
+    path = (root or repo_root()) / "book" / "data" / "determinism.json"
+    if not path.exists():
+        return "Not measured yet (`python benchmarks/determinism.py --out book/data/determinism.json`).\n"
+    record = json.loads(path.read_text())
+    machine = record["machine"]
+    precisions = sorted({p for c in record["comparisons"] for p in c["embeddings"]})
+    rows = ["| what varies | runs | weights (SHA-256) | first step whose loss differs | largest loss difference | "
+            + " | ".join(f"embeddings, {p}" for p in precisions) + " |", "|---" * (5 + len(precisions)) + "|"]
+
+    def embeddings(e: dict | None) -> str:
+        if e is None:
+            return "not compared"
+        return "identical" if e["identical"] else f"max abs. difference {e['max_abs_difference']:.2g}, min cosine {e['min_cosine']:.6f}"
+
+    for c in record["comparisons"]:
+        rows.append(f"| {c['varies']} | {c['runs'][0]} / {c['runs'][1]} | "
+                    f"{'identical' if c['weights_identical'] else 'differ'} | {c['first_step_whose_loss_differs'] or 'none'} | "
+                    f"{c['loss_max_abs_difference']:.2g} | " + " | ".join(embeddings(c["embeddings"].get(p)) for p in precisions) + " |")
+    same, *others = record["comparisons"]
+    varying = [c["varies"] for c in others if not c["weights_identical"]]
+    if same["weights_identical"]:
+        finding = ("A same-seed retrain on one machine, with the same threads and kernels, is bitwise identical: "
+                   "weights, every step's loss and the embeddings.")
+    else:
+        finding = ("A same-seed retrain on one machine is not bitwise identical even with the same threads and kernels "
+                   f"(the loss first differs at step {same['first_step_whose_loss_differs']}).")
+    finding += (f" Changing {' or '.join(varying)} changes the weights." if varying else
+                " Neither the thread count nor the kernels changed the weights.")
+    header = (f"Stage {record['stage']} at profile `{record['profile']}`, trained for {record['train_steps']} steps in each "
+              f"run, each in a fresh artifact cache and its own process; {record['texts']} training texts embedded by each "
+              f"run's model. Measured {record['measured'][:10]} by `python benchmarks/determinism.py` on {machine['cpus']} CPUs "
+              f"at {machine['fp32_gflops']:.0f} / {machine['bf16_gflops']:.0f} GFLOP/s fp32 / bf16 (native bf16: "
+              f"{', '.join(machine['native_bf16']) or 'none'}), PyTorch {machine['torch']}.")
+    return header + "\n\n" + "\n".join(rows) + "\n\n" + finding + "\n"
+
+
 # --- the claims table ----------------------------------------------------------------------------
 
 CLAIMS = [  # (row label, notebook, glue key prefix): the first page's table, in its order
@@ -706,6 +745,7 @@ def build_book(profile: Profile, execute: str = "missing", root: Path | None = N
     atomic_write_text(generated / "timings.md", timings_table(profile.name, root))
     atomic_write_text(generated / "sizing.md", sizing_table(root))
     atomic_write_text(generated / "copies.md", copies_table(states, copies))
+    atomic_write_text(generated / "determinism.md", determinism_text(root))
     atomic_write_text(generated / "reproduction.md", reproduction_table(json.loads(path.read_text()) if path.exists() else None))
     offline_mathjax(root)
     if not (Path(sys.executable).parent / "jupyter-book").exists():
