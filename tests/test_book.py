@@ -327,3 +327,20 @@ def test_the_determinism_finding_is_read_from_its_json(tmp_path):
     assert book.determinism_text(tmp_path).endswith(
         "A same-seed retrain on one machine is not bitwise identical even with the same threads and kernels (the loss "
         "first differs at step 3). Neither the thread count nor the kernels changed the weights.\n")
+
+
+def test_a_book_reexecuted_in_parts_keeps_each_notebooks_last_comparison():
+    (first, stem_a, _), (last, stem_b, _) = book.CLAIMS[0], book.CLAIMS[-1]
+
+    def record(rows: dict[str, tuple[str, bool]], when: str) -> dict:
+        claims = [{"claim": label, "notebook": stem, "verdict_changed": flipped} for label, (stem, flipped) in rows.items()]
+        return {"profile": "cpu", "compared": when, "notebooks": {stem: {"executed_now": when} for stem, _ in rows.values()},
+                "claims": claims, "verdicts_changed": [c["claim"] for c in claims if c["verdict_changed"]]}
+
+    before = record({first: (stem_a, True), last: (stem_b, False)}, "day 1")
+    merged = book.merge_reproduction(before, record({last: (stem_b, True)}, "day 2"))
+    assert [(row["claim"], row["verdict_changed"]) for row in merged["claims"]] == [(first, True), (last, True)]
+    assert merged["notebooks"] == {stem_a: {"executed_now": "day 1"}, stem_b: {"executed_now": "day 2"}}
+    assert merged["verdicts_changed"] == [first, last] and merged["compared"] == "day 2"
+    assert book.merge_reproduction({**before, "profile": "tiny"}, record({last: (stem_b, False)}, "day 2"))["claims"] == \
+        [{"claim": last, "notebook": stem_b, "verdict_changed": False}]

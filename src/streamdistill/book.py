@@ -617,6 +617,21 @@ def reproduction(profile: str, then: dict[str, dict | None], now: dict[str, dict
             "notebooks": notebooks, "claims": rows, "verdicts_changed": flipped}
 
 
+def merge_reproduction(before: dict | None, record: dict) -> dict:
+    """``record`` (a build that executed some notebooks) over the previous reproduction record of
+    the same profile: the notebooks it did not execute keep their last comparison, so a book
+    re-executed in parts (``--only``, one session after another) ends with every notebook's. Rows
+    keep the table's order; ``verdicts_changed`` follows the rows."""
+    if not before or before.get("profile") != record["profile"]:
+        return record
+    notebooks = {**before["notebooks"], **record["notebooks"]}
+    new = {row["claim"]: row for row in record["claims"]}
+    old = {row["claim"]: row for row in before["claims"] if row["notebook"] not in record["notebooks"]}
+    rows = [new.get(label) or old[label] for label, _, _ in CLAIMS if label in new or label in old]
+    return {**record, "notebooks": {s: notebooks[s] for s in sorted(notebooks)}, "claims": rows,
+            "verdicts_changed": [row["claim"] for row in rows if row["verdict_changed"]]}
+
+
 def _code(record: dict | None) -> dict | None:
     """What a copy's result depends on in its provenance: the library, its own notebook, the pins."""
     code = (record or {}).get("source")
@@ -730,9 +745,10 @@ def build_book(profile: Profile, execute: str = "missing", root: Path | None = N
     out = {"profile": profile.name, "notebooks": runs, "copies": {s: state for s, (state, _) in states.items()}}
     if runs:
         record = reproduction(profile.name, then, {s: copies[s] for s in runs}, list(runs), claims_then)
-        atomic_write_json(reproduction_path(profile.name, root), record)
         print_reproduction(record)
         out["verdicts_changed"] = record["verdicts_changed"]
+        path = reproduction_path(profile.name, root)
+        atomic_write_json(path, merge_reproduction(json.loads(path.read_text()) if path.exists() else None, record))
     if not render:
         return {**out, "total_seconds": round(time.perf_counter() - started, 1)}
     missing = [stem for stem, (state, _) in states.items() if state == "missing"]
