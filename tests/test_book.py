@@ -243,6 +243,10 @@ def test_the_reproduction_record_and_its_table():
     assert f"- **{stem}**, the same code; executed 2026-12-04T02:10:33+00:00" in table
     assert "3 of 15 glued figures identical" in table
     assert "No rebuild has been compared" in book.reproduction_table(None)
+    first = book.reproduction_table(book.reproduction("cpu", {stem: None}, now, [stem]))
+    assert (f"- **{stem}**: no committed copy to compare; now 2026-12-05T01:00:00+00:00 on 127 / 380 GFLOP/s fp32 / bf16, "
+            "bfloat16: 15 glued figures.") in first
+    assert f"| {label} | not run | 62 % |  | new | not run → not resolved |" in first
 
 
 def test_a_real_build_stamps_its_copy_and_reports_what_reproduced(repo, capsys, monkeypatch):

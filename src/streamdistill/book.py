@@ -658,10 +658,14 @@ def reproduction_table(record: dict | None) -> str:
     lines = []
     for stem, nb in record["notebooks"].items():
         glue = nb["glued"]
+        now = f"now {nb['executed_now']} on {nb['machine_now']}"
+        if not nb["executed_then"]:
+            lines.append(f"- **{stem}**: no committed copy to compare; {now}: {glue['figures']} glued figures.")
+            continue
         code = "the same code" if nb["same_code"] else "other code (or code not recorded)"
-        lines.append(f"- **{stem}**, {code}; executed {nb['executed_then'] or 'never'} on {nb['machine_then']}, "
-                     f"now {nb['executed_now']} on {nb['machine_now']}: {glue['identical']} of {glue['figures']} "
-                     f"glued figures identical" + (f"; changed: {', '.join(c['name'] for c in glue['changed'])}" if glue["changed"] else "") + ".")
+        changed = f"; changed: {', '.join(c['name'] for c in glue['changed'])}" if glue["changed"] else ""
+        lines.append(f"- **{stem}**, {code}; executed {nb['executed_then']} on {nb['machine_then']}, {now}: "
+                     f"{glue['identical']} of {glue['figures']} glued figures identical{changed}.")
     flipped = record["verdicts_changed"]
     summary = (f"Verdicts that changed: {', '.join(flipped)}." if flipped else "No verdict changed.")
     return (f"Profile `{record['profile']}`, compared {record['compared'][:16].replace('T', ' ')} UTC "
@@ -678,13 +682,15 @@ def print_reproduction(record: dict) -> None:
           file=sys.stderr)
     for r in record["claims"]:
         change = "" if r["change"] is None else f" {r['change']:+.4g} (noise ± {_fmt(r['noise'])})"
-        verdict = r["then"]["verdict"] if not r["verdict_changed"] else f"{r['then']['verdict']} -> {r['now']['verdict']} (CHANGED)"
+        verdict = r["now"]["verdict"] if r["then"]["verdict"] == r["now"]["verdict"] else f"{r['then']['verdict']} -> {r['now']['verdict']}"
+        verdict += " (CHANGED)" if r["verdict_changed"] else ""
         hardware = f" [hardware: then {r['machine_then']}; now {r['machine_now']}]" if r["hardware"] else ""
         print(f"[book]   {r['claim']}: {r['then']['here']} -> {r['now']['here']}: {r['moved']}{change}; "
               f"verdict {verdict}{hardware}", file=sys.stderr)
     for stem, nb in record["notebooks"].items():
         glue = nb["glued"]
-        print(f"[book]   {stem}: {glue['identical']} of {glue['figures']} glued figures identical", file=sys.stderr)
+        print(f"[book]   {stem}: " + (f"{glue['identical']} of {glue['figures']} glued figures identical" if nb["executed_then"]
+                                     else f"{glue['figures']} glued figures, no committed copy to compare"), file=sys.stderr)
 
 
 # --- rendering ------------------------------------------------------------------------------------
