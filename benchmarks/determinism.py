@@ -87,12 +87,14 @@ def compare(a: dict, b: dict, a_dir: Path, b_dir: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="the JSON to write (book/data/determinism.json)")
+    parser.add_argument("--out", help="the JSON to write (book/data/determinism.json)")
     parser.add_argument("--steps", type=int, default=6, help="training steps of each run (the cpu profile trains 100)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args.steps, Path(args.worker))
+    if not args.out:
+        parser.error("--out is required")
 
     from streamdistill.hardware import machine_speed, native_bf16
     from streamdistill.profiles import get_profile
