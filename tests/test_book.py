@@ -311,7 +311,8 @@ def _determinism(same: bool, threads: bool) -> dict:
                                             "min_cosine": 1.0 if identical else 0.9999871}}}
     return {"measured": "2026-12-05T04:00:00+00:00", "stage": "causal (A)", "profile": "cpu", "train_steps": 6, "texts": 64,
             "machine": {**SPEED, "native_bf16": ["amx_bf16"], "cpus": 2, "torch": "2.13.0", "precision": "bfloat16"},
-            "runs": [], "comparisons": [comparison("nothing", same, None if same else 3),
+            "runs": [{"label": "2 threads", "precision": "bfloat16"}, {"label": "AVX2 kernels", "precision": "float32"}],
+            "comparisons": [comparison("nothing", same, None if same else 3),
                                         comparison("the thread count", not threads, 1 if threads else None),
                                         comparison("the kernels", True, None)]}
 
@@ -323,14 +324,19 @@ def test_the_determinism_finding_is_read_from_its_json(tmp_path):
     path.write_text(json.dumps(_determinism(same=True, threads=True)))
     text = book.determinism_text(tmp_path)
     assert text.startswith("Stage causal (A) at profile `cpu`, trained for 6 steps in each run")
-    assert "| the thread count | 2 threads / the thread count | differ | 1 | 2.5e-07 | max abs. difference 0.0039, min cosine 0.999987 |" in text
+    assert ("| the thread count | 2 threads / the thread count | differ | 1 | 2.5e-07 | max abs. difference 0.0039, "
+            "largest cosine distance 1.3e-05 |") in text
     assert "| nothing | 2 threads / nothing | identical | none | 0 | identical |" in text
     assert text.endswith("A same-seed retrain on one machine, with the same threads and kernels, is bitwise identical: "
-                         "weights, every step's loss and the embeddings. Changing the thread count changes the weights.\n")
+                         "weights, every step's loss and the embeddings. Changing the thread count changes the weights. "
+                         "The run with AVX2 kernels chose float32 inference where the others chose bfloat16 (the precision "
+                         "follows the machine), so its embeddings are compared in float32 only.\n")
     path.write_text(json.dumps(_determinism(same=False, threads=False)))
     assert book.determinism_text(tmp_path).endswith(
         "A same-seed retrain on one machine is not bitwise identical even with the same threads and kernels (the loss "
-        "first differs at step 3). Neither the thread count nor the kernels changed the weights.\n")
+        "first differs at step 3). Neither the thread count nor the kernels changed the weights. The run with AVX2 "
+        "kernels chose float32 inference where the others chose bfloat16 (the precision follows the machine), so its "
+        "embeddings are compared in float32 only.\n")
 
 
 def test_a_book_reexecuted_in_parts_keeps_each_notebooks_last_comparison():

@@ -390,7 +390,8 @@ def determinism_text(root: Path | None = None) -> str:
     def embeddings(e: dict | None) -> str:
         if e is None:
             return "not compared"
-        return "identical" if e["identical"] else f"max abs. difference {e['max_abs_difference']:.2g}, min cosine {e['min_cosine']:.6f}"
+        return ("identical" if e["identical"] else
+                f"max abs. difference {e['max_abs_difference']:.2g}, largest cosine distance {1 - e['min_cosine']:.2g}")
 
     for c in record["comparisons"]:
         rows.append(f"| {c['varies']} | {c['runs'][0]} / {c['runs'][1]} | "
@@ -406,6 +407,12 @@ def determinism_text(root: Path | None = None) -> str:
                    f"(the loss first differs at step {same['first_step_whose_loss_differs']}).")
     finding += (f" Changing {' or '.join(varying)} changes the weights." if varying else
                 " Neither the thread count nor the kernels changed the weights.")
+    first = record["runs"][0] if record["runs"] else None
+    for run in record["runs"][1:]:
+        if run["precision"] != first["precision"]:  # the machine's precision choice moved with it
+            finding += (f" The run with {run['label']} chose {run['precision']} inference where the others chose "
+                        f"{first['precision']} (the precision follows the machine), so its embeddings are compared in "
+                        f"{run['precision']} only.")
     header = (f"Stage {record['stage']} at profile `{record['profile']}`, trained for {record['train_steps']} steps in each "
               f"run, each in a fresh artifact cache and its own process; {record['texts']} training texts embedded by each "
               f"run's model. Measured {record['measured'][:10]} by `python benchmarks/determinism.py` on {machine['cpus']} CPUs "
