@@ -1,4 +1,6 @@
-# The two commands: `make book` and `make test`. Each sets up its own environment first.
+# Read the book: `make book` (renders the committed executed notebooks; trains nothing). Reproduce
+# it: `make reproduce` (re-executes every notebook and says what reproduced). Check the code:
+# `make test`. Each sets up its own environment first.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -17,7 +19,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # stall every small operation (measured: the KV-cache update 4-5x slower without this).
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup test book lock clean
+.PHONY: setup test book reproduce lock clean
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required (PYTHON=...)"'
@@ -35,14 +37,27 @@ $(STAMP): requirements.lock pyproject.toml
 
 setup: $(STAMP)
 
-# Unit tests, then every notebook under nbval with the tiny profile.
+# Every notebook under nbval with the tiny profile and the unit tests, side by side on two workers
+# (the notebooks first: they are the longest files; each file's tests stay on one worker, in order),
+# sharing one fresh cache so each tiny stage is built once (tests/notebook_env.py). Extra pytest
+# options: make test PYTEST_ARGS="--durations=20".
 test: setup
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
-	STREAMDISTILL_PROFILE=tiny $(BIN)/python -m pytest -q -p no:randomly --nbval-lax notebooks
+	@cache=$$(mktemp -d); trap 'rm -rf "$$cache"' EXIT; \
+	STREAMDISTILL_TEST_CACHE=$$cache $(BIN)/python -m pytest -q -n 2 --dist loadfile -p tests.notebook_env \
+	  --nbval-lax $(PYTEST_ARGS) notebooks tests
 
+# The HTML from the executed copies in book/notebooks/ (a notebook with no copy at $(PROFILE) is
+# executed first); a copy made from other code than this checkout's is named in a warning.
 book: setup
 	$(BIN)/streamdistill book --profile $(PROFILE)
 	@echo "book: open _build/html/index.html"
+
+# Every notebook executed again, then the HTML; book/data/reproduction-$(PROFILE).json and the
+# Reproducing page compare each claim and glued figure with the committed record. Cold: give it
+# fresh caches (STREAMDISTILL_ARTIFACTS=... STREAMDISTILL_RESULTS=... make reproduce).
+reproduce: setup
+	$(BIN)/streamdistill book --profile $(PROFILE) --execute-all
+	@echo "reproduce: book/data/reproduction-$(PROFILE).json says what reproduced; open _build/html/index.html"
 
 # Refresh the pins from the current environment (after changing dependencies on purpose).
 lock: setup
@@ -50,5 +65,6 @@ lock: setup
 	  | (echo "# Exact versions the book was built and tested with (Python 3.11, CPU). Regenerate: make lock"; cat) > requirements.lock
 	$(BIN)/python -m streamdistill.envfile requirements.lock environment.yml
 
+# build outputs only: the executed copies in book/notebooks/ are committed (git checkout restores them)
 clean:
-	rm -rf _build book/notebooks
+	rm -rf _build book/_generated

@@ -21,8 +21,11 @@ MIRROR = Path(os.environ["STREAMDISTILL_DATA_DIR"])
 
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_caches(tmp_path_factory):
-    """Artifacts and mteb results of the test session go to a temporary folder."""
-    base = tmp_path_factory.mktemp("caches")
+    """Artifacts and mteb results of the test session go to a temporary folder, or to
+    ``$STREAMDISTILL_TEST_CACHE`` where `make test` names one that its xdist workers and the
+    notebooks under nbval share (each tiny stage is then built once: ``artifacts.cached`` locks)."""
+    shared = os.environ.get("STREAMDISTILL_TEST_CACHE")
+    base = Path(shared) if shared else tmp_path_factory.mktemp("caches")
     old = {k: os.environ.get(k) for k in ("STREAMDISTILL_ARTIFACTS", "STREAMDISTILL_RESULTS")}
     os.environ["STREAMDISTILL_ARTIFACTS"] = str(base / "artifacts")
     os.environ["STREAMDISTILL_RESULTS"] = str(base / "results")

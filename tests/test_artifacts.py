@@ -149,3 +149,29 @@ def test_checkpoints_of_a_build_are_removed_once_it_is_published(tmp_path):
 
     A.cached("stage", {"a": 1}, build, root=tmp_path)
     assert not A.checkpoint_dir("stage", {"a": 1}, tmp_path).exists()
+
+
+def test_processes_sharing_a_cache_build_an_artifact_once(tmp_path):
+    """Two processes ask for the same artifact at once: one builds it, the other waits and reads it."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        from streamdistill import artifacts as A
+
+        def build(folder):
+            with open({str(tmp_path / "builds.log")!r}, "a") as log:
+                log.write(sys.argv[1] + "\\n")
+            time.sleep(1.5)  # long enough for the other process to arrive while this one builds
+            (folder / "w.npy").write_bytes(b"x")
+
+        print(A.cached("stage", {{"a": 1}}, build, root=Path({str(tmp_path)!r})))
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(i)], stdout=subprocess.PIPE, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=120)[0].strip() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert outs[0] == outs[1] == str(tmp_path / "stage" / A.config_hash({"a": 1}))
+    assert len((tmp_path / "builds.log").read_text().splitlines()) == 1

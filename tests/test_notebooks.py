@@ -79,15 +79,31 @@ def test_claims_are_read_from_the_executed_notebooks_and_missing_ones_say_not_ru
 
     label, stem, key = CLAIMS[0]
     _executed(tmp_path / "book" / "notebooks" / f"{stem}.ipynb",
-              {f"{key}_paper": "76.6 %", f"{key}_here": "B − A = 0.3 ± 0.4", f"{key}_verdict": "not resolved", "n": 3})
+              {f"{key}_paper": "76.6 %", f"{key}_here": "B − A = 0.3 ± 0.4", f"{key}_verdict": "not resolved",
+               f"{key}_basis": "3 paired seeds, 95 % t interval", f"{key}_value": 0.3, f"{key}_low": -0.1,
+               f"{key}_high": 0.7, "n": 3})
     assert glued(tmp_path / "book" / "notebooks" / f"{stem}.ipynb")["n"] == "3"
     rows = claims(tmp_path)
-    assert rows[0] == {"claim": label, "paper": "76.6 %", "here": "B − A = 0.3 ± 0.4", "verdict": "not resolved"}
+    assert rows[0] == {"claim": label, "paper": "76.6 %", "here": "B − A = 0.3 ± 0.4", "verdict": "not resolved",
+                       "basis": "3 paired seeds, 95 % t interval", "value": 0.3, "low": -0.1, "high": 0.7, "machine": None}
     unrun = [row for row in rows if row["verdict"] == "not run"]
     assert len(unrun) == len(CLAIMS) - 1
+    assert unrun[0] == {"claim": unrun[0]["claim"], "paper": "not run", "here": "not run", "verdict": "not run",
+                        "basis": "not run", "value": None, "low": None, "high": None, "machine": None}
     out = write_claims("tiny", tmp_path)
     assert json.loads(out.read_text())["rows"] == rows
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_row_glued_without_basis_or_numbers_reads_them_as_not_run_and_none(tmp_path):
+    """A notebook not yet on report.claim_parts (paper, here, verdict only) still gives its row."""
+    from streamdistill.book import CLAIMS, claims
+
+    label, stem, key = CLAIMS[0]
+    _executed(tmp_path / "book" / "notebooks" / f"{stem}.ipynb",
+              {f"{key}_paper": "p", f"{key}_here": "h", f"{key}_verdict": "holds"})
+    assert claims(tmp_path)[0] == {"claim": label, "paper": "p", "here": "h", "verdict": "holds", "basis": "not run",
+                                   "value": None, "low": None, "high": None, "machine": None}
 
 
 def test_write_claims_reads_only_its_profile_and_keeps_rows_it_did_not_rerun(tmp_path):

@@ -201,29 +201,50 @@ def cached(
     disk raises :class:`ArtifactError`. Under several processes (``accelerate launch``) every
     process runs ``build`` (training is collective), only the main one publishes the folder
     (``artifacts_root`` must be a filesystem every process sees), and all wait for it.
+    Independent processes sharing a cache (notebooks and tests run side by side) build an artifact
+    once: the first holds its lock while it builds, the others wait and then read it.
     """
     base = root or artifacts_root()
     folder = base / stage / config_hash(config)
     state = multi_process_state()
-    done = read_done(folder) if is_complete(folder) and not rebuild else None
-    complete = done is not None and "files" in done
-    if state is not None:
-        # every process decides on the same view: none may skip a build (and its barrier) because
-        # the main process published the folder in between
-        state.wait_for_everyone()
-    if complete:
-        verify(folder, done)
+    with contextlib.nullcontext() if state is not None else build_lock(base / ".locks" / stage / folder.name):
+        done = read_done(folder) if is_complete(folder) and not rebuild else None
+        complete = done is not None and "files" in done
+        if state is not None:
+            # every process decides on the same view: none may skip a build (and its barrier) because
+            # the main process published the folder in between
+            state.wait_for_everyone()
+        if complete:
+            verify(folder, done)
+            return folder
+        main = state is None or state.is_main_process
+        with atomic_dir(folder, publish=main) as tmp:
+            summary = build(tmp) or {}
+            atomic_write_json(tmp / DONE, {"stage": stage, "config": config, "summary": summary,
+                                           "files": file_hashes(tmp)})
+        if state is not None:
+            state.wait_for_everyone()
+        if main:
+            shutil.rmtree(checkpoint_dir(stage, config, base), ignore_errors=True)
         return folder
-    main = state is None or state.is_main_process
-    with atomic_dir(folder, publish=main) as tmp:
-        summary = build(tmp) or {}
-        atomic_write_json(tmp / DONE, {"stage": stage, "config": config, "summary": summary,
-                                       "files": file_hashes(tmp)})
-    if state is not None:
-        state.wait_for_everyone()
-    if main:
-        shutil.rmtree(checkpoint_dir(stage, config, base), ignore_errors=True)
-    return folder
+
+
+@contextlib.contextmanager
+def build_lock(path: Path) -> Iterator[None]:
+    """Hold ``path`` (an exclusive ``flock``; beside the artifacts, under ``.locks/``) while one
+    process checks and builds an artifact: another process wanting it waits, then finds it built. The
+    processes of one ``accelerate launch`` build collectively and take no lock. Locks of different
+    artifacts nest in the order of the stage graph (a stage locks its upstream while holding its
+    own), so they cannot deadlock."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def multi_process_state():

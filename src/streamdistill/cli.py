@@ -130,8 +130,8 @@ def cmd_book(args) -> dict:
     from .book import build_book
 
     names = [n.strip() for n in (args.only or "").split(",") if n.strip()] or None
-    return build_book(get_profile(args.profile).name, execute=not args.no_execute, names=names,
-                      render=not args.no_render)
+    execute = "none" if args.no_execute else "all" if args.execute_all else "stale" if args.stale else "missing"
+    return build_book(get_profile(args.profile), execute=execute, names=names, render=not args.no_render)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -185,10 +185,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(p)
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("book", help="papermill every notebook of the toc, then jupyter-book build")
+    p = sub.add_parser("book", help="render the executed notebooks in book/notebooks (executing those missing "
+                                     "at the profile), or re-execute them and say what reproduced")
     p.add_argument("--profile", default=None, help=f"scale profile ({profiles})")
-    p.add_argument("--no-execute", action="store_true", help="render the executed copies already in book/notebooks")
-    p.add_argument("--only", help="comma-separated notebooks to execute, by stem or prefix such as 05 (their timings are merged into the JSON)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--no-execute", action="store_true", help="render the executed copies as they are; execute nothing")
+    which.add_argument("--stale", action="store_true", help="also re-execute copies made from other code than this checkout's")
+    which.add_argument("--execute-all", action="store_true", help="re-execute every notebook (reproduce the book), "
+                       "then compare each claim and glued figure with the committed record")
+    which.add_argument("--only", help="comma-separated notebooks to execute, by stem or prefix such as 05 (their timings are merged into the JSON)")
     p.add_argument("--no-render", action="store_true", help="execute only; do not run jupyter-book")
     p.add_argument("--out")
     p.set_defaults(func=cmd_book)

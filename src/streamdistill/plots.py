@@ -199,19 +199,21 @@ def distance_histogram(distances, tolerance: float = 1e-6, xlabel: str = "log10 
 
 
 def claims_figure(rows: list[dict], title: str = ""):
-    """The claims table (claim, paper, measured here, verdict) drawn as a figure, verdicts coloured."""
+    """The claims table (claim, paper, measured here, basis, verdict) drawn as a figure, verdicts
+    coloured; ``basis`` (what the interval rests on) is blank in a row that does not record one."""
     import textwrap
 
     style()
     colours = {"holds": "#d8ecd9", "does not hold": "#f3d6d9", "not resolved": "#eeeeee"}
     wrap = lambda text, width: "\n".join(textwrap.wrap(str(text), width))
-    cells = [[wrap(r["claim"], 28), wrap(r["paper"], 24), wrap(r["here"], 52), r["verdict"]] for r in rows]
+    cells = [[wrap(r["claim"], 26), wrap(r["paper"], 22), wrap(r["here"], 44),
+              wrap("" if r.get("basis") in (None, "not run") else r["basis"], 30), r["verdict"]] for r in rows]
     lines = [max(c.count("\n") + 1 for c in row) for row in cells]
-    fig, ax = plt.subplots(figsize=(13, 0.3 * (sum(lines) + 1) + 0.6))
+    fig, ax = plt.subplots(figsize=(15, 0.3 * (sum(lines) + 1) + 0.6))
     line = 1 / (sum(lines) + 1)  # each text line's share of the axes, so the table fills it
     ax.axis("off")
-    table = ax.table(cellText=cells, colLabels=["claim", "paper", "measured here", "verdict"], loc="upper center",
-                     cellLoc="left", colWidths=[0.22, 0.18, 0.45, 0.15])
+    table = ax.table(cellText=cells, colLabels=["claim", "paper", "measured here", "basis", "verdict"],
+                     loc="upper center", cellLoc="left", colWidths=[0.18, 0.15, 0.33, 0.22, 0.12])
     table.auto_set_font_size(False)
     table.set_fontsize(8)
     for (row, col), cell in table.get_celld().items():
@@ -219,7 +221,7 @@ def claims_figure(rows: list[dict], title: str = ""):
         if row == 0:
             cell.set_text_props(weight="bold")
             continue
-        if col == 3:
+        if col == 4:
             cell.set_facecolor(colours.get(rows[row - 1]["verdict"], "white"))
     ax.set_title(title, fontsize=11)
     return fig
