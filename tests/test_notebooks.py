@@ -56,12 +56,15 @@ def test_the_first_pages_claims_table_glues_every_claim_its_notebook_glues():
     from streamdistill.book import CLAIMS
 
     intro = (ROOT / "book" / "intro.md").read_text()
-    table = re.findall(r"notebooks/(\w+)\.ipynb::(claim_\w+?)_(paper|here|verdict):s", intro)
+    table = re.findall(r"notebooks/(\w+)\.ipynb::(claim_\w+?)_(paper|here|basis|verdict):s", intro)
     assert {(stem, key) for stem, key, _ in table} == {(stem, key) for _, stem, key in CLAIMS}
+    assert sorted(table) == sorted((stem, key, part) for _, stem, key in CLAIMS
+                                   for part in ("paper", "here", "basis", "verdict"))  # every row, every column
     for _, stem, key in CLAIMS:
         code = _code(ROOT / "notebooks" / f"{stem}.ipynb")
-        for part in ("paper", "here", "verdict"):
-            assert f'"{key}_{part}"' in code, f"{stem} does not glue {key}_{part}"
+        # each row is glued through report.claim_parts, which names every part (paper, here, verdict, basis)
+        short = key.removeprefix("claim_")
+        assert re.search(rf'claim_parts\(\s*"{short}"', code), f"{stem} does not glue {key} by report.claim_parts"
 
 
 def _executed(path: Path, values: dict, profile: str | None = None) -> Path:
