@@ -69,6 +69,7 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -1261,15 +1262,15 @@ def conversation_replay(student: Encoder, teacher: Encoder, echo_model: Encoder,
     chunks spread over the conversation: the student's own recompute, the teacher's and Echo's
     (where its doubled text fits the positions; otherwise NaN), each timed on the append's
     attention path, and the cosine distance of the cached vector to the student's recompute. The
-    exact stream stops at the model's positions (``limit``, default all of them); each of
-    ``windows`` (a bounded stream; all of them in one batched forward) goes on through the whole
-    conversation, recording its cache size and, while the exact stream runs, its cosine distance
-    to it.
+    conversation is read to its end or its first ``limit`` tokens; the exact stream stops earlier
+    where the model's positions run out, while each of ``windows`` (a bounded stream; all of them
+    in one batched forward) goes on, recording its cache size and, while the exact stream runs,
+    its cosine distance to it.
     """
     closing = list(student.template.tail)
-    exact_limit = min(limit or student.max_positions, student.max_positions) - len(closing)
+    exact_limit = min(limit or student.max_positions, student.max_positions - len(closing))
     exact_pieces = turn_chunks(student.tokenizer, text, min_tokens, exact_limit)
-    pieces = turn_chunks(student.tokenizer, text, min_tokens) if windows else exact_pieces
+    pieces = turn_chunks(student.tokenizer, text, min_tokens, limit) if windows else exact_pieces
     exact = StreamingEncoder(student)
     bounded = [StreamingEncoder(student, window=w, sink=sink) for w in windows]
     n_exact = len(exact_pieces)
@@ -1319,6 +1320,29 @@ def conversation_replay(student: Encoder, teacher: Encoder, echo_model: Encoder,
     return rows
 
 
+def streamed_retrieval(encoder: Encoder, revision: str, profile, documents: Sequence[str], vectors: np.ndarray, *,
+                       label: str, task: str = "QMSumRetrieval") -> float:
+    """``task``'s main score (× 100, through ``mteb.evaluate``) when its documents are embedded as
+    streamed (``vectors[i]`` is ``documents[i]``'s, e.g. from :func:`stream_corpus`) and its queries
+    by ``encoder.encode`` at the profile's evaluation precision. ``label`` (what was streamed:
+    tokens read, window) joins the revision, so each setting's result is cached apart."""
+    from .evaluate import evaluate_model
+    from .models import from_encoder
+
+    profile = get_profile(profile)
+    queries = from_encoder(encoder, "C-streamed", f"{revision}-{label}", batch_size=profile.eval_batch_size,
+                           precision=profile.eval_precision)
+    lookup = {text: vector for text, vector in zip(documents, vectors)}
+
+    def encode(texts: list[str], prompt_type: str | None = None) -> np.ndarray:
+        if prompt_type == "document":
+            return np.stack([lookup[t] for t in texts])
+        return queries.encode(texts, prompt_type)
+
+    model = replace(queries, encode=encode)
+    return float(evaluate_model(model, [task], profile)["scores"][task])
+
+
 # the profiler's operator names, grouped by what an update spends its time on
 UPDATE_PARTS = {
     "attention (scaled dot product)": ("scaled_dot_product", "sdpa", "_efficient_attention", "flash", "bmm", "softmax"),
@@ -1332,13 +1356,14 @@ UPDATE_PARTS = {
 
 
 def profile_update(encoder: Encoder, prefix: int = 4096, delta: int = 128, repeats: int = 3,
-                   seed: int = 0) -> dict[str, float]:
+                   seed: int = 0, attention_path: str = "auto") -> dict[str, float]:
     """Where one KV-cache update's time goes: milliseconds per group of operators (:data:`UPDATE_PARTS`,
     the rest as ``other``), self CPU time under PyTorch's profiler, mean over ``repeats`` updates from
-    the same ``prefix``-token state."""
+    the same ``prefix``-token state. ``attention_path="transformers"`` profiles transformers' path
+    (``DynamicCache`` and a 4-D mask: the append before the direct path)."""
     from torch.profiler import ProfilerActivity, profile
 
-    stream = StreamingEncoder(encoder)
+    stream = StreamingEncoder(encoder, attention_path=attention_path)
     ids = _token_stream(prefix + delta, int(encoder.backbone.config.vocab_size), seed)
     with torch.inference_mode():
         stream.append_ids(ids[:prefix])
