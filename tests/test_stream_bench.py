@@ -165,3 +165,12 @@ def test_many_streams_batched_equal_one_at_a_time():
         assert r["max_cosine_distance"] <= 1e-6 and r["streams_per_s_single"] > 0 and r["streams_per_s_batched"] > 0
         assert r["speedup"] == pytest.approx(r["streams_per_s_batched"] / r["streams_per_s_single"])
         assert 16 + 8 <= r["mean_tokens_per_stream"] <= 200 + 8 and r["cache_mb_per_stream"] > 0
+
+
+def test_profile_update_groups_both_paths_operators():
+    student = encoders()["student"]
+    for path in ("transformers", "direct"):
+        parts = streaming.profile_update(student, prefix=64, delta=16, repeats=1, attention_path=path)
+        assert set(parts) <= set(streaming.UPDATE_PARTS) | {"other"}
+        assert parts["attention (scaled dot product)"] > 0 and parts["linear layers (matmul)"] > 0
+        assert list(parts.values()) == sorted(parts.values(), reverse=True)
