@@ -1355,27 +1355,38 @@ UPDATE_PARTS = {
 }
 
 
-def profile_update(encoder: Encoder, prefix: int = 4096, delta: int = 128, repeats: int = 3,
-                   seed: int = 0, attention_path: str = "auto") -> dict[str, float]:
-    """Where one KV-cache update's time goes: milliseconds per group of operators (:data:`UPDATE_PARTS`,
-    the rest as ``other``), self CPU time under PyTorch's profiler, mean over ``repeats`` updates from
-    the same ``prefix``-token state. ``attention_path="transformers"`` profiles transformers' path
-    (``DynamicCache`` and a 4-D mask: the append before the direct path)."""
+def profile_update(encoder: Encoder, prefix: int = 4096, delta: int = 128, repeats: int = 5, seed: int = 0,
+                   attention_paths: Sequence[str] = ("transformers", "direct")) -> dict[str, dict[str, float]]:
+    """Where one KV-cache update's time goes, per attention path: ``{path: {part: ms}}``, self CPU
+    time under PyTorch's profiler per group of operators (:data:`UPDATE_PARTS`, the rest as
+    ``other``), the median over ``repeats`` updates from the same ``prefix``-token state. The paths
+    take turns update by update, so a machine's load falls on each alike; ``"transformers"`` is
+    transformers' path (``DynamicCache`` and a 4-D mask: the append before the direct path)."""
     from torch.profiler import ProfilerActivity, profile
 
-    stream = StreamingEncoder(encoder, attention_path=attention_path)
+    streams = {path: StreamingEncoder(encoder, attention_path=path) for path in attention_paths}
     ids = _token_stream(prefix + delta, int(encoder.backbone.config.vocab_size), seed)
+    runs: dict[str, list[dict[str, float]]] = {path: [] for path in attention_paths}
     with torch.inference_mode():
-        stream.append_ids(ids[:prefix])
-        state = stream.state
-        stream.append_ids(ids[prefix:])  # warm-up
-        totals: dict[str, float] = {}
+        states = {}
+        for path, stream in streams.items():
+            stream.append_ids(ids[:prefix])
+            states[path] = stream.state
+            stream.append_ids(ids[prefix:])  # warm-up
         for _ in range(repeats):
-            stream.load_state(state)
-            with profile(activities=[ProfilerActivity.CPU]) as prof:
-                stream.append_ids(ids[prefix:])
-            for event in prof.key_averages():
-                name = event.key.lower()
-                part = next((p for p, keys in UPDATE_PARTS.items() if any(k in name for k in keys)), "other")
-                totals[part] = totals.get(part, 0.0) + event.self_cpu_time_total / 1e3 / repeats
-    return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
+            for path, stream in streams.items():
+                stream.load_state(states[path])
+                with profile(activities=[ProfilerActivity.CPU]) as prof:
+                    stream.append_ids(ids[prefix:])
+                parts: dict[str, float] = {}
+                for event in prof.key_averages():
+                    name = event.key.lower()
+                    part = next((p for p, keys in UPDATE_PARTS.items() if any(k in name for k in keys)), "other")
+                    parts[part] = parts.get(part, 0.0) + event.self_cpu_time_total / 1e3
+                runs[path].append(parts)
+    out = {}
+    for path, per_update in runs.items():
+        names = {name for parts in per_update for name in parts}
+        medians = {name: float(np.median([parts.get(name, 0.0) for parts in per_update])) for name in names}
+        out[path] = dict(sorted(medians.items(), key=lambda kv: -kv[1]))
+    return out
