@@ -1257,11 +1257,12 @@ def conversation_replay(student: Encoder, teacher: Encoder, echo_model: Encoder,
     """A real conversation streamed turn chunk by turn chunk (:func:`turn_chunks`) through the
     student, against recomputing it.
 
-    Per chunk: the tokens so far, the append's milliseconds, the cache's size and the embedding's
-    drift (cosine distance to the previous chunk's vector and to the final one). At ``points``
-    chunks spread over the conversation: the student's own recompute, the teacher's and Echo's
-    (where its doubled text fits the positions; otherwise NaN), each timed on the append's
-    attention path, and the cosine distance of the cached vector to the student's recompute. The
+    Per chunk: the tokens so far and new, the append's milliseconds, the cache's size and the
+    embedding's drift (cosine distance to the previous chunk's vector and to the final one). At
+    ``points`` chunks spread over the conversation: the teacher's recompute and Echo's (where its
+    doubled text fits the positions; otherwise NaN), each timed on the append's attention path;
+    at the last of them also the student's own, and the cosine distance of the streamed vector to
+    it. The
     conversation is read to its end or its first ``limit`` tokens; the exact stream stops earlier
     where the model's positions run out, while each of ``windows`` (a bounded stream; all of them
     in one batched forward) goes on, recording its cache size and, while the exact stream runs,
@@ -1274,7 +1275,9 @@ def conversation_replay(student: Encoder, teacher: Encoder, echo_model: Encoder,
     exact = StreamingEncoder(student)
     bounded = [StreamingEncoder(student, window=w, sink=sink) for w in windows]
     n_exact = len(exact_pieces)
-    timed = set(np.linspace(0, n_exact - 1, min(points, n_exact)).round().astype(int).tolist())
+    # spread over the chunks of whole turns (a last chunk cut short by the positions is not timed)
+    full = n_exact - (n_exact > 1 and len(exact_pieces[-1]) < min_tokens)
+    timed = set(np.linspace(0, full - 1, min(points, full)).round().astype(int).tolist())
     device = student.device
 
     def clock() -> float:
@@ -1288,15 +1291,17 @@ def conversation_replay(student: Encoder, teacher: Encoder, echo_model: Encoder,
             if i < n_exact:
                 start = clock()
                 vector = exact.append_ids(exact_pieces[i])
-                row.update({"tokens": exact.n_tokens, "append_ms": 1e3 * (clock() - start),
+                row.update({"tokens": exact.n_tokens, "new_tokens": len(exact_pieces[i]),
+                            "append_ms": 1e3 * (clock() - start),
                             "cache_mb": exact.cache_bytes / 2**20,
                             "drift_previous": _cosine_distance(vector, vectors[-1]) if vectors else np.nan})
                 vectors.append(vector)
                 if i in timed:
                     ids = torch.tensor(exact.token_ids + closing)
-                    start = clock()
-                    full = recompute(student, ids)
-                    row["student_recompute_ms"] = 1e3 * (clock() - start)
+                    if i == max(timed):  # the student's own recompute once: the streamed vector is its vector
+                        start = clock()
+                        row["cosine_distance_recompute"] = _cosine_distance(vector, recompute(student, ids))
+                        row["student_recompute_ms"] = 1e3 * (clock() - start)
                     start = clock()
                     recompute(teacher, ids)
                     row["teacher_recompute_ms"] = 1e3 * (clock() - start)
@@ -1306,7 +1311,6 @@ def conversation_replay(student: Encoder, teacher: Encoder, echo_model: Encoder,
                         start = clock()
                         recompute(echo_model, echo_in, echo_pool)
                         row["echo_recompute_ms"] = 1e3 * (clock() - start)
-                    row["cosine_distance_recompute"] = _cosine_distance(vector, full)
             if bounded:
                 outs = append_batch(bounded, [piece] * len(bounded))
                 row["window_tokens"] = bounded[0].n_tokens
