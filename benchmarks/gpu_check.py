@@ -6,10 +6,14 @@
    on the GPU, its embeddings against the same encoder on the CPU, a stream against ``encode``,
    and one mteb task through the harness.
 2. GG-SM's per-step overhead against plain bidirectional training at the cpu profile's size.
-3. The streaming benchmark (prefix 4,096, delta 128) with randomly initialised models of the cpu
-   profile's size and of Qwen2.5-0.5B's shape (latency does not depend on the weights).
+3. Streaming (prefix 4,096, delta 128) with randomly initialised models (latency does not depend
+   on the weights) of the cpu student's shape and of the ``gpu`` profile's (the whole SmolLM2):
+   the paper's benchmark on the dynamic path (batch 1), and the GPU path (a static cache replayed
+   as a CUDA graph, ``streaming.StaticBatch``) at batch 1 and batched, each against the teacher's
+   recompute; the clock starts and stops with the device idle.
 
-Needs a CUDA device and the mirror (``STREAMDISTILL_DATA_DIR``). Prints one line per figure.
+Needs a CUDA device and the mirror (``STREAMDISTILL_DATA_DIR``) for the first check. Prints one
+line per figure; ``--out`` writes them all as JSON.
 """
 
 from __future__ import annotations
@@ -23,9 +27,6 @@ import numpy as np
 import torch
 
 DEVICE = "cuda"  # --device cpu runs the same script as a dry run without a GPU
-# Qwen2.5-0.5B-Instruct's shape (config.json on the Hub), for a randomly initialised stand-in
-QWEN_05B = {"architecture": "qwen2", "vocab_size": 151936, "hidden_size": 896, "intermediate_size": 4864, "num_layers": 24, "num_heads": 14,
-            "num_kv_heads": 2}
 
 
 def _cosine_distance(a, b) -> float:
@@ -81,25 +82,28 @@ def ggsm_overhead(profile: str) -> dict:
     return result
 
 
-def stream_bench(prefix: int, delta: int, updates: int, big: bool, large_prefixes: tuple[int, ...] = ()) -> dict:
+def stream_bench(prefix: int, delta: int, updates: int, batch: int, large: bool) -> dict:
     from streamdistill.profiles import get_profile
-    from streamdistill.streaming import random_benchmark_encoders, stream_benchmark
+    from streamdistill.streaming import random_benchmark_encoders, static_benchmark, stream_benchmark
 
     out = {}
-    cpu = get_profile("cpu")
-    longest = max((prefix, *large_prefixes))
-    positions = 2 * (longest + delta) + 64  # Echo reads the text twice
-    encoders = {k: v.to(DEVICE) for k, v in random_benchmark_encoders(cpu, max_positions=positions).items()}
-    out["cpu-profile size"] = stream_benchmark(cpu, prefix, delta, updates, **encoders)
-    if big:  # the same three encoders at Qwen2.5-0.5B's shape, in bf16
-        shape = replace(cpu, **QWEN_05B)
-        large = {k: v.to(DEVICE, torch.bfloat16) for k, v in random_benchmark_encoders(shape, max_positions=positions).items()}
-        for L in large_prefixes or (prefix,):
-            out[f"Qwen2.5-0.5B shape, bf16, L={L}"] = stream_benchmark(cpu, L, delta, updates, **large)
-    for name, r in out.items():
-        print(f"stream {name}: latency ms {r['latency_ms']}, x{r['speedup_vs_teacher']:.1f} vs teacher "
-              f"(limit {r['token_ratio_limit']:.0f}), x{r['speedup_vs_echo']:.1f} vs Echo, "
-              f"max cos dist {r['max_cosine_distance']:.1e}", flush=True)
+    positions = 2 * (prefix + delta) + 64  # Echo reads the text twice
+    shapes = {"cpu student shape": get_profile("cpu")}
+    if large:
+        shapes["gpu profile shape (whole SmolLM2)"] = get_profile("gpu")
+    for name, profile in shapes.items():
+        encoders = {k: v.to(DEVICE) for k, v in random_benchmark_encoders(profile, max_positions=positions).items()}
+        dynamic = stream_benchmark(profile, prefix, delta, updates, **encoders)
+        out[name] = {"dynamic, batch 1": dynamic}
+        print(f"stream {name}, dynamic path: latency ms {dynamic['latency_ms']}, x{dynamic['speedup_vs_teacher']:.1f} "
+              f"vs teacher (limit {dynamic['token_ratio_limit']:.0f}), max cos dist {dynamic['max_cosine_distance']:.1e}",
+              flush=True)
+        for b in sorted({1, batch}):
+            r = static_benchmark(encoders["student"], encoders["teacher"], prefix, delta, updates, batch=b)
+            out[name][f"static, batch {b}"] = r
+            print(f"stream {name}, static path (graphs {r['graphs']}), batch {b}: latency ms {r['latency_ms']}, "
+                  f"x{r['speedup_vs_teacher']:.1f} vs teacher, {r['streams_per_s']:.0f} streams/s, "
+                  f"max cos dist {r['max_cosine_distance']:.1e}", flush=True)
     return out
 
 
@@ -111,9 +115,8 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=20)
     parser.add_argument("--overhead-profile", default="cpu")
     parser.add_argument("--device", default="cuda", help="cpu: a dry run of the script without a GPU")
-    parser.add_argument("--no-large", action="store_true", help="skip the Qwen2.5-0.5B-shaped stream benchmark")
-    parser.add_argument("--large-prefixes", default="",
-                        help="prefix lengths for the Qwen2.5-0.5B-shaped benchmark, e.g. 4096,16384 (default: --prefix)")
+    parser.add_argument("--batch", type=int, default=8, help="streams per batched append on the static path")
+    parser.add_argument("--no-large", action="store_true", help="skip the gpu profile's shape (the whole SmolLM2)")
     parser.add_argument("--only", default="", help="comma-separated checks to run: tiny_pipeline,ggsm_overhead,stream")
     args = parser.parse_args()
     global DEVICE
@@ -124,8 +127,8 @@ def main() -> None:
     print(report, flush=True)
     for name, check in (("tiny_pipeline", tiny_pipeline),
                         ("ggsm_overhead", lambda: ggsm_overhead(args.overhead_profile)),
-                        ("stream", lambda: stream_bench(args.prefix, args.delta, args.updates, not args.no_large,
-                                                        tuple(int(x) for x in args.large_prefixes.split(",") if x)))):
+                        ("stream", lambda: stream_bench(args.prefix, args.delta, args.updates, args.batch,
+                                                        not args.no_large))):
         if args.only and name not in args.only.split(","):
             continue
         try:

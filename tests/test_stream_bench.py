@@ -20,7 +20,8 @@ from streamdistill.profiles import get_profile
 from streamdistill.streaming import random_benchmark_encoders, stream_benchmark, stream_sweep
 
 KEYS = {"prefix", "delta", "updates", "speedup_vs_teacher", "speedup_vs_echo", "speedup_vs_recompute",
-        "token_ratio_limit", "max_cosine_distance", "latency_ms", "cache_mb", "threads"}
+        "speedups_vs_teacher", "speedups_vs_recompute", "token_ratio_limit", "max_cosine_distance",
+        "oracle_cosine_distance", "latency_ms", "cache_mb", "threads", "precision", "attention_path", "machine_speed"}
 PROFILE = get_profile("tiny")
 
 
@@ -45,8 +46,12 @@ def check_figures(result: dict, prefix: int, delta: int, updates: int) -> None:
     assert set(result["latency_ms"]) == set(streaming.METHODS)
     assert all(v > 0 for v in result["latency_ms"].values())
     assert all(len(v) == updates for v in result["latency_ms_all"].values())
-    assert 0 <= result["max_cosine_distance"] <= 1e-6
+    assert 0 <= result["max_cosine_distance"] <= 1e-6 and 0 <= result["oracle_cosine_distance"] <= 1e-6
     assert len(result["cosine_distances"]) == updates
+    assert result["attention_path"] == "direct" and result["precision"] == "float32"
+    times = result["latency_ms_all"]
+    assert result["speedups_vs_recompute"] == pytest.approx(
+        [r / k for r, k in zip(times["student_recompute"], times["student_kv"])])
     assert result["cache_mb"] > 0 and result["threads"] >= 1
     kv = result["latency_ms"]["student_kv"]
     assert result["speedup_vs_teacher"] == pytest.approx(result["latency_ms"]["teacher_recompute"] / kv)
@@ -139,10 +144,33 @@ def test_gpu_check_script_runs_its_stream_check_as_a_cpu_dry_run(tmp_path):
     out = tmp_path / "gpu.json"
     proc = subprocess.run(
         [sys.executable, str(script), "--device", "cpu", "--only", "stream", "--no-large", "--prefix", "32",
-         "--delta", "8", "--updates", "2", "--out", str(out)],
+         "--delta", "8", "--updates", "2", "--batch", "3", "--out", str(out)],
         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
     assert result["device"] == "cpu" and set(result) == {"device", "torch", "stream"}
-    check_figures(result["stream"]["cpu-profile size"], 32, 8, 2)
+    shape = result["stream"]["cpu student shape"]
+    check_figures(shape["dynamic, batch 1"], 32, 8, 2)
+    for batch in (1, 3):
+        static = shape[f"static, batch {batch}"]
+        assert static["batch"] == batch and not static["graphs"] and static["max_cosine_distance"] <= 1e-6
+        assert len(static["speedups_vs_teacher"]) == 2 and static["streams_per_s"] > 0
+
+
+def test_many_streams_batched_equal_one_at_a_time():
+    rows = streaming.many_streams_benchmark(encoders()["student"], (1, 3), delta=8, lengths=(16, 200), rounds=2)
+    assert [r["batch"] for r in rows] == [1, 3]
+    for r in rows:
+        assert r["max_cosine_distance"] <= 1e-6 and r["streams_per_s_single"] > 0 and r["streams_per_s_batched"] > 0
+        assert r["speedup"] == pytest.approx(r["streams_per_s_batched"] / r["streams_per_s_single"])
+        assert 16 + 8 <= r["mean_tokens_per_stream"] <= 200 + 8 and r["cache_mb_per_stream"] > 0
+
+
+def test_profile_update_groups_both_paths_operators():
+    profiled = streaming.profile_update(encoders()["student"], prefix=64, delta=16, repeats=2)
+    assert list(profiled) == ["transformers", "direct"]
+    for parts in profiled.values():
+        assert set(parts) <= set(streaming.UPDATE_PARTS) | {"other"}
+        assert parts["attention (scaled dot product)"] > 0 and parts["linear layers (matmul)"] > 0
+        assert list(parts.values()) == sorted(parts.values(), reverse=True)

@@ -110,6 +110,20 @@ class Profile:
     stream_updates: int = 20
     stream_sweep_prefixes: tuple[int, ...] = (256, 512, 1024, 2048, 4096)  # latency against L
     stream_sweep_updates: int = 3
+    stream_batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16)  # many streams: appends per forward
+    stream_batch_delta: int = 64  # tokens each stream appends
+    # real conversations (QMSum meetings) through the trained student: appends of whole turns of at
+    # least stream_chunk_tokens; recomputes timed at stream_points chunks of stream_meetings
+    # meetings (None: every token of a meeting, the bounded streams past the exact one's positions)
+    stream_meetings: int = 3
+    stream_points: int = 10
+    stream_chunk_tokens: int = 128
+    stream_meeting_tokens: int | None = None
+    # retrieval of all 232 meetings by their queries as they grow (one streaming pass), and the
+    # bounded-memory windows (attention sink + recent tokens), measured at the last checkpoint
+    stream_checkpoints: tuple[int, ...] = (256, 512, 1024, 2048)
+    stream_windows: tuple[int, ...] = (128, 512)
+    stream_sink: int = 4
 
     # --- the book's measurements besides mteb ---
     probe_texts: int = 500  # held-out texts for cosine and token-count measurements
@@ -175,6 +189,14 @@ PROFILES: dict[str, Profile] = {
         calibration_texts=200,
         stream_sweep_prefixes=(64, 128, 256, 512),
         stream_sweep_updates=2,
+        stream_batch_sizes=(1, 2, 4),
+        stream_batch_delta=16,
+        stream_meetings=2,
+        stream_points=3,
+        stream_chunk_tokens=32,
+        stream_meeting_tokens=1536,
+        stream_checkpoints=(32, 64),
+        stream_windows=(16,),
         probe_texts=64,
         throughput_texts=64,
         leaf_tasks=("SciFact", "STSBenchmark", "MRPC"),

@@ -261,23 +261,39 @@ def range_claim(values, claim: str, *, paper: float, null: float | None = None, 
 
 
 def stream_bench_text(bench: dict[str, Any]) -> str:
-    """What ``streamdistill stream-bench`` prints for a reader: the latencies, the speed-up against
-    the teacher's recompute (median and range of the updates) beside the token-ratio limit and this
-    book's goal, and the fidelity beside the paper's."""
-    v = np.asarray(bench["speedups_vs_teacher"], dtype=float)
-    s = {"median": float(np.median(v)), "min": float(v.min()), "max": float(v.max())}
+    """What ``streamdistill stream-bench`` prints for a reader: the latencies; the speed-up against
+    the teacher's recompute and against the student's own (median and range of the updates, each
+    measured side by side in the same update), as a share of the token-ratio limit; this book's
+    goal judged by :func:`range_claim`; the machine and precision the figures depend on; and the
+    fidelity beside 1e-6 and the paper's."""
     limit = bench["token_ratio_limit"]
-    goal = "met" if s["median"] >= STREAM_GOAL else "not met"
+    speed = bench.get("machine_speed") or {}
+    machine = (f"; this machine {speed['fp32_gflops']:.0f} fp32 / {speed['bf16_gflops']:.0f} bf16 GFLOP/s"
+               if speed else "")
     lines = [f"profile {bench['profile']} ({bench['weights']} weights), L = {bench['prefix']}, D = {bench['delta']}, "
-             f"{bench['updates']} updates, {bench['threads']} threads"]
+             f"{bench['updates']} updates, {bench['threads']} threads, {bench['precision']} on {bench['device']}, "
+             f"{bench['attention_path']} attention path{machine}"]
     lines += [f"  {method:<18} {ms:10.1f} ms (median)" for method, ms in bench["latency_ms"].items()]
-    lines.append(f"speed-up of the KV cache vs recomputing teacher B: {s['median']:.1f}x (median; updates "
-                 f"{s['min']:.1f}-{s['max']:.1f}x), {100 * s['median'] / limit:.0f} % of the token-ratio limit "
-                 f"{limit:.1f}x; this book's goal {STREAM_GOAL:g}x: {goal}")
-    lines.append(f"  vs A+Echo {bench['speedup_vs_echo']:.1f}x, vs its own recompute {bench['speedup_vs_recompute']:.1f}x")
+    for key, against in (("speedups_vs_teacher", "recomputing teacher B"),
+                         ("speedups_vs_recompute", "the student's own recompute")):
+        v = np.asarray(bench[key], dtype=float)
+        median = float(np.median(v))
+        lines.append(f"speed-up of the KV cache vs {against}: {median:.1f}x (median; updates {v.min():.1f}-"
+                     f"{v.max():.1f}x), {100 * median / limit:.0f} % of the token-ratio limit {limit:.1f}x")
+        if median > limit:
+            lines.append("  ABOVE the token-ratio limit: the recompute ran slower per token than the append, "
+                         "a bug to explain, not a result")
+    verdict, sentence, _ = range_claim(bench["speedups_vs_teacher"], f"this book's goal, >= {STREAM_GOAL:g}x vs teacher B",
+                                       paper=STREAM_GOAL, null=1.0)
+    # judged as a paper's figure would be; the figure is this book's goal, not the paper's
+    sentence = sentence.replace("the paper's", "the goal")
+    lines.append(f"{sentence} Verdict: {verdict}.")
+    lines.append(f"  vs A+Echo {bench['speedup_vs_echo']:.1f}x (median latencies); the paper's "
+                 f"{PAPER_STREAM_SPEEDUP:g}x was measured on a GPU")
     fidelity = "within" if bench["max_cosine_distance"] <= 1e-6 else "ABOVE"
     lines.append(f"max cosine distance cached vs recomputed: {bench['max_cosine_distance']:.2e} ({fidelity} 1e-6; "
-                 f"the paper's {PAPER_STREAM_FIDELITY:.3g}); KV cache {bench['cache_mb']:.1f} MB")
+                 f"the paper's {PAPER_STREAM_FIDELITY:.3g}); vs transformers' forward "
+                 f"{bench['oracle_cosine_distance']:.2e}; KV cache {bench['cache_mb']:.1f} MB")
     if bench["echo_beyond_positions"]:
         lines.append(f"note: Echo's {bench['echo_tokens']} tokens exceed the model's positions "
                      "(timed, not meaningful as vectors)")

@@ -3,7 +3,7 @@
 A causal encoder's token states never change when tokens are appended: token i attends to
 tokens <= i only. So a stream (a chat, a user's event log) can keep
 
-* the backbone's KV cache (``transformers.DynamicCache``), so new tokens attend to the old ones
+* the backbone's keys and values (a :class:`KVCache`), so new tokens attend to the old ones
   without recomputing them;
 * a running sum of last-layer token states and their count (mean pooling), or the last token's
   state (last pooling);
@@ -13,21 +13,51 @@ recompute of the whole text gives (tests: cosine distance <= 1e-6), for the pric
 tokens. A bidirectional encoder cannot do this (every old state changes when a token arrives),
 nor can Echo pooling (the pooled copy must come after the whole text).
 
+The attention path (:func:`run_backbone`). An append runs the backbone's own modules (norms,
+projections, rotary embedding, MLP) directly, not through transformers' ``forward``, because two
+things there cost an update more than its arithmetic: ``DynamicCache`` concatenates (reallocates
+and copies) the whole cache in every layer, and a custom 4-D mask turns off SDPA's causal and
+grouped-query paths, so K and V are copied once per query head. Here
+
+* the cache is allocated ahead (doubling when full) and new keys and values are written in place;
+* no mask is built: the new block's queries attend to the cached keys unmasked, with the query
+  heads of each KV head folded into its query rows (K and V are never copied per head), and to
+  their own block causally (a square, where SDPA's ``is_causal`` is exact); the two halves are
+  merged by their log-sum-exps (on a CPU; elsewhere SDPA with a small boolean mask and
+  ``enable_gqa``);
+* every recompute that the benchmark times, the teacher's bidirectional one (SDPA without a mask)
+  and the student's own (``is_causal``), runs the same path, so a speed-up measures the cache and
+  not two implementations of attention. A figure above the token ratio would mean the recompute
+  is slower per FLOP than the append, a bug to explain.
+
+Transformers' path stays as the oracle (``attention_path="transformers"``, and
+:meth:`StreamingEncoder.full_embedding` runs ``Encoder.forward``): the tests compare both paths
+with it. Backbones other than Llama / Qwen2 decoders take that path.
+
 The running sum is kept in float64. A float32 running sum adds one rounding per append, so its
 error bound grows with the number of appends (up to ~n·eps relative, ~5e-4 after 4096 one-token
 appends), while the full recompute sums each vector once in a blocked reduction. In float64 the
 running sum stays at least as accurate as that one-shot float32 sum however long the stream
 lives, for the cost of H doubles; the mean is cast back to float32, the full path's precision.
 
+Bounded memory (an option, never the default): ``StreamingEncoder(encoder, window=W, sink=S)``
+keeps the first S tokens' keys and values (the attention sink of StreamingLLM, Xiao et al. 2024)
+and the W most recent ones; older ones are evicted, the kept keys re-rotated to their new cache
+positions, so positions never pass S + W + the append and the stream may outgrow the model's
+positions. The running sum and count stay outside the cache and cover the whole stream; the states
+of tokens computed after an eviction are approximate (the book measures how much).
+
 A stream can be parked and resumed (``state`` / ``load_state``, ``save_state`` / ``restore``):
-tensors in safetensors, scalars in JSON. A stream never grows past the model's
-``max_position_embeddings``: positions beyond it were never trained, so ``append`` raises
-``ValueError`` instead of returning a wrong vector.
+tensors in safetensors, scalars in JSON. A state is a snapshot: later appends never write the
+rows it holds (they go after them, or into new buffers). An exact stream never grows past the
+model's ``max_position_embeddings``: positions beyond it were never trained, so ``append`` raises
+``ValueError`` instead of returning a wrong vector. :func:`append_batch` appends to several
+streams in one forward.
 
 Special tokens follow ``Encoder.encode``: a token the tokenizer puts before every text (a BOS)
 opens the stream, and the tokens it puts after every text (the project's tokenizer ends each text
 with ``<eos>``, and the student was trained on such texts) ride along in each append's forward
-and are then cropped from the cache, never kept. So the streamed vector of a text is the vector
+and are then dropped from the cache, never kept. So the streamed vector of a text is the vector
 ``encode`` gives that text (tests: cosine distance <= 1e-6), for one extra token per append.
 """
 
@@ -35,14 +65,17 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .artifacts import ArtifactError, atomic_dir, atomic_write_json, load_tensors, save_tensors
 from .decoders import random_decoder
@@ -53,6 +86,8 @@ from .testing import tiny_tokenizer
 STATE_TENSORS = "state.safetensors"
 STATE_JSON = "state.json"
 STATE_FORMAT = 1
+ATTENTION_PATHS = ("auto", "direct", "transformers")
+DIRECT_MODEL_TYPES = ("llama", "qwen2")  # decoders whose layers run_backbone reproduces (tested on both)
 
 
 def _as_ids(ids: Sequence[int] | torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -60,6 +95,238 @@ def _as_ids(ids: Sequence[int] | torch.Tensor | np.ndarray) -> torch.Tensor:
     if isinstance(ids, torch.Tensor):
         return ids.detach().to("cpu", torch.long).reshape(-1)
     return torch.as_tensor(np.asarray(ids, dtype=np.int64)).reshape(-1)
+
+
+# =============================================================================================
+# the attention path: the backbone's own modules over a KV cache written in place
+# =============================================================================================
+
+
+class KVCache:
+    """One stream's keys and values per layer, in buffers allocated ahead and written in place.
+
+    Each buffer is ``(1, kv_heads, capacity, head_dim)``; its first ``length`` rows hold the stream.
+    An append writes its rows after ``length`` (:meth:`write`, which also returns the keys and
+    values attention reads) and keeps some of them (:meth:`commit`); rows it does not commit (the
+    closing special tokens, a failed append) are simply overwritten later. Rows below ``length``
+    are never written again: growing copies into new buffers twice the size, and evicting (a
+    bounded stream) builds new ones too. So :meth:`views` handed out in a snapshot stay valid.
+    """
+
+    def __init__(self, n_layers: int, *, capacity: int = 256):
+        self.n_layers = int(n_layers)
+        self.keys: list[torch.Tensor] = []  # allocated by the first write (its dtype and device)
+        self.values: list[torch.Tensor] = []
+        self.length = 0
+        self._capacity = int(capacity)
+
+    @classmethod
+    def of(cls, keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor], *, headroom: int = 256,
+           device=None, dtype=None) -> KVCache:
+        """A cache holding copies of ``keys`` / ``values`` ((1, kv_heads, n, head_dim) per layer)."""
+        cache = cls(len(keys))
+        n = int(keys[0].shape[2]) if len(keys) else 0
+        cache._allocate(n + headroom, [k.to(device, dtype) for k in keys], [v.to(device, dtype) for v in values], n)
+        return cache
+
+    @property
+    def capacity(self) -> int:
+        return int(self.keys[0].shape[2]) if self.keys else self._capacity
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes allocated (all of the buffers, used or not)."""
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
+
+    def used_bytes(self) -> int:
+        """Bytes of the rows that hold the stream."""
+        return sum(t[:, :, : self.length].numel() * t.element_size() for t in self.keys + self.values)
+
+    def _allocate(self, capacity: int, keys: list[torch.Tensor], values: list[torch.Tensor], keep: int) -> None:
+        """New buffers of ``capacity`` rows, the first ``keep`` rows copied from ``keys`` / ``values``."""
+        def grown(t: torch.Tensor) -> torch.Tensor:
+            buffer = t.new_empty(*t.shape[:2], capacity, t.shape[3])
+            buffer[:, :, :keep] = t[:, :, :keep]
+            return buffer
+
+        self.keys, self.values = [grown(k) for k in keys], [grown(v) for v in values]
+        self.length = keep
+
+    def reserve(self, n: int) -> None:
+        """Make room for ``n`` more rows (doubling the buffers when they are full)."""
+        if self.keys and self.length + n > self.capacity:
+            self._allocate(max(2 * self.capacity, self.length + n), self.keys, self.values, self.length)
+        elif not self.keys:
+            self._capacity = max(self._capacity, n)
+
+    def write(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the new rows of ``layer`` after the stream; return its keys and values so far."""
+        n = keys.shape[2]
+        if not self.keys:  # the first write: buffers in the dtype and device of the model
+            self.keys = [keys.new_empty(*keys.shape[:2], self._capacity, keys.shape[3]) for _ in range(self.n_layers)]
+            self.values = [values.new_empty(*values.shape[:2], self._capacity, values.shape[3])
+                           for _ in range(self.n_layers)]
+        end = self.length + n
+        if end > self.capacity:
+            raise RuntimeError(f"KVCache.write past its capacity ({end} > {self.capacity}): reserve() first")
+        self.keys[layer][:, :, self.length:end] = keys
+        self.values[layer][:, :, self.length:end] = values
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    def commit(self, n: int) -> None:
+        """Keep ``n`` of the rows written after the stream."""
+        self.length += int(n)
+
+    def views(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The stream's keys and values per layer, shared (no copy): rows that are never written again."""
+        return [k[:, :, : self.length] for k in self.keys], [v[:, :, : self.length] for v in self.values]
+
+    def evicted(self, sink: int, drop: int, room: int, rotate) -> KVCache:
+        """A new cache without the ``drop`` rows after the first ``sink``, with ``room`` rows free; the
+        kept later keys go through ``rotate(keys, shift)`` (to positions ``drop`` lower). This cache
+        is untouched (a snapshot may hold it)."""
+        if not 0 < drop <= self.length - sink:
+            raise ValueError(f"cannot evict {drop} of {self.length} rows after a {sink}-row sink")
+        out = KVCache(self.n_layers)
+        keep = self.length - drop
+        out.length = keep
+        for k, v in zip(self.keys, self.values):
+            shape = (*k.shape[:2], keep + room, k.shape[3])
+            nk, nv = k.new_empty(shape), v.new_empty(shape)
+            nk[:, :, :sink], nv[:, :, :sink] = k[:, :, :sink], v[:, :, :sink]
+            nk[:, :, sink:keep] = rotate(k[:, :, sink + drop: self.length], drop)
+            nv[:, :, sink:keep] = v[:, :, sink + drop: self.length]
+            out.keys.append(nk)
+            out.values.append(nv)
+        return out
+
+
+def direct_path_supported(backbone: torch.nn.Module) -> bool:
+    """Whether :func:`run_backbone` reproduces this backbone: a Llama or Qwen2 decoder stack."""
+    config = getattr(backbone, "config", None)
+    if getattr(config, "model_type", None) not in DIRECT_MODEL_TYPES:
+        return False
+    if not all(hasattr(backbone, name) for name in ("embed_tokens", "layers", "norm", "rotary_emb")):
+        return False
+    attn = backbone.layers[0].self_attn
+    return all(hasattr(attn, name) for name in ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim", "scaling"))
+
+
+# the CPU flash kernel, which also returns each query row's log-sum-exp (what merging two halves needs)
+_FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, causal: bool, scale: float) -> torch.Tensor:
+    """Attention of ``n`` new queries ``q`` (1, H, n, d) over ``keys`` / ``values`` (1, KVH, T, d),
+    whose last ``n`` rows are the new tokens' own; no mask is materialised where causality allows one
+    to be skipped, and K / V are never copied per query head."""
+    # one dtype for the three: autocast's, as SDPA has under autocast (rotary embeddings promote q and
+    # k to float32 there, v stays bf16), else the queries' (a state loaded in another precision)
+    kind = q.device.type
+    dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else q.dtype
+    q, keys, values = q.to(dtype), keys.to(dtype), values.to(dtype)
+    n, total = q.shape[2], keys.shape[2]
+    past = total - n
+    if not causal or n == 1:  # every query sees every key
+        return F.scaled_dot_product_attention(q, keys, values, scale=scale, enable_gqa=True)
+    if past == 0:  # square: is_causal is exact
+        return F.scaled_dot_product_attention(q, keys, values, scale=scale, is_causal=True, enable_gqa=True)
+    if q.device.type == "cpu" and _FLASH_CPU is not None:
+        return _attend_split(q, keys, values, scale)
+    future = torch.arange(total, device=q.device)[None] <= torch.arange(past, total, device=q.device)[:, None]
+    return F.scaled_dot_product_attention(q, keys, values, attn_mask=future, scale=scale, enable_gqa=True)
+
+
+def _attend_split(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float) -> torch.Tensor:
+    """:func:`attend` on a CPU: the cached keys unmasked (the query heads of each KV head folded into
+    its rows), the new block causally (a square), merged by their log-sum-exps."""
+    b, heads, n, d = q.shape
+    kv_heads, past = keys.shape[1], keys.shape[2] - n
+    group = heads // kv_heads
+    folded = q.reshape(b, kv_heads, group * n, d)
+    out_past, lse_past = _FLASH_CPU(folded, keys[:, :, :past], values[:, :, :past], 0.0, False, scale=scale)
+    own_k = keys[:, :, past:].repeat_interleave(group, 1)  # n rows only
+    own_v = values[:, :, past:].repeat_interleave(group, 1)
+    out_new, lse_new = _FLASH_CPU(q, own_k, own_v, 0.0, True, scale=scale)
+    lse_past, out_past = lse_past.reshape(b, heads, n, 1), out_past.reshape(b, heads, n, d)
+    lse_new = lse_new.reshape(b, heads, n, 1)
+    top = torch.maximum(lse_past, lse_new)
+    w_past, w_new = (lse_past - top).exp_(), (lse_new - top).exp_()
+    total = w_past + w_new
+    return (out_past * (w_past / total) + out_new * (w_new / total)).to(q.dtype)
+
+
+def _rotary(layer_attn: torch.nn.Module):
+    """The model's own ``apply_rotary_pos_emb`` (the one its attention uses)."""
+    return sys.modules[type(layer_attn).__module__].apply_rotary_pos_emb
+
+
+def run_backbone(backbone: torch.nn.Module, pieces: Sequence[tuple[torch.Tensor, KVCache | None]], *,
+                 causal: bool = True) -> list[torch.Tensor]:
+    """Last-layer states of each piece of token ids, ``[(n_i, H)]``, each run against its own cache
+    (``None``: from scratch), in one forward.
+
+    The pieces are packed into one row for every linear layer (streams of different lengths batch
+    without padding); attention is per piece (:func:`attend`). A piece's positions continue its
+    cache (``cache.length`` onwards); its keys and values are written into the cache after the
+    stream and not committed (the caller commits what it keeps).
+    """
+    device = backbone.embed_tokens.weight.device
+    sizes = [int(ids.numel()) for ids, _ in pieces]
+    starts = [cache.length if cache is not None else 0 for _, cache in pieces]
+    for (_, cache), n in zip(pieces, sizes):
+        if cache is not None:
+            cache.reserve(n)
+    ids = torch.cat([ids.reshape(-1) for ids, _ in pieces]).to(device)[None]
+    positions = torch.cat([torch.arange(s, s + n) for s, n in zip(starts, sizes)]).to(device)[None]
+    x = backbone.embed_tokens(ids)
+    cos, sin = backbone.rotary_emb(x, positions)
+    rotate = _rotary(backbone.layers[0].self_attn)
+    total = x.shape[1]
+    for index, layer in enumerate(backbone.layers):
+        attn = layer.self_attn
+        h = layer.input_layernorm(x)
+        q = attn.q_proj(h).view(1, total, -1, attn.head_dim).transpose(1, 2)
+        k = attn.k_proj(h).view(1, total, -1, attn.head_dim).transpose(1, 2)
+        v = attn.v_proj(h).view(1, total, -1, attn.head_dim).transpose(1, 2)
+        q, k = rotate(q, k, cos, sin)
+        outs, at = [], 0
+        for (_, cache), n in zip(pieces, sizes):
+            qs, ks, vs = q[:, :, at:at + n], k[:, :, at:at + n], v[:, :, at:at + n]
+            if cache is not None:
+                ks, vs = cache.write(index, ks, vs)
+            outs.append(attend(qs, ks, vs, causal, attn.scaling))
+            at += n
+        o = outs[0] if len(outs) == 1 else torch.cat(outs, 2)
+        x = x + attn.o_proj(o.transpose(1, 2).reshape(1, total, -1))
+        x = x + layer.mlp(layer.post_attention_layernorm(x))
+    return list(backbone.norm(x)[0].split(sizes))
+
+
+def recompute(encoder: Encoder, ids: torch.Tensor, pool_mask: torch.Tensor | None = None) -> np.ndarray:
+    """The embedding of one sequence of ids from scratch, on the append's attention path (causal:
+    SDPA's ``is_causal``; bidirectional: no mask at all), without a position guard (Echo's doubled
+    text may run past the trained positions: timed for its latency, rotary positions extrapolate).
+    Backbones without the direct path run ``Encoder``'s own forward."""
+    ids = _as_ids(ids)
+    mask = torch.ones(1, ids.numel(), dtype=torch.long)
+    pool = None if pool_mask is None else pool_mask.reshape(1, -1)
+    with torch.no_grad():
+        if direct_path_supported(encoder.backbone):
+            hidden = run_backbone(encoder.backbone, [(ids, None)], causal=encoder.attention == "causal")[0][None]
+        else:
+            bias = attention_bias(mask, encoder.attention, dtype=encoder.dtype).to(encoder.device)
+            hidden = encoder.backbone(input_ids=ids[None].to(encoder.device), attention_mask=bias,
+                                      position_ids=torch.arange(ids.numel(), device=encoder.device)[None],
+                                      use_cache=False).last_hidden_state
+        device = hidden.device
+        out = encoder.project(encoder.pool(hidden, mask.to(device), None if pool is None else pool.to(device)))
+    return out[0].float().cpu().numpy()
+
+
+# =============================================================================================
+# the stream
+# =============================================================================================
 
 
 class StreamingEncoder:
@@ -74,9 +341,14 @@ class StreamingEncoder:
     tokenizer's trailing special tokens (:attr:`suffix_ids`) are added at pooling time only, as
     ``encode`` adds them; :meth:`full_embedding` of :attr:`token_ids` is the same vector recomputed.
     The encoder is put in eval mode.
+
+    ``window`` (default ``None``: exact, every token kept) bounds the cache to the first ``sink``
+    tokens and the ``window`` most recent ones (see the module's docstring). ``attention_path``:
+    ``"direct"`` (:func:`run_backbone`), ``"transformers"`` (the oracle), or ``"auto"``: direct
+    where the backbone supports it.
     """
 
-    def __init__(self, encoder: Encoder):
+    def __init__(self, encoder: Encoder, *, window: int | None = None, sink: int = 4, attention_path: str = "auto"):
         if encoder.attention != "causal":
             raise ValueError(
                 f"StreamingEncoder needs a causal encoder, got attention={encoder.attention!r}: with bidirectional "
@@ -87,17 +359,35 @@ class StreamingEncoder:
                 f"StreamingEncoder supports mean and last pooling, got pooling={encoder.pooling!r}: Echo pools a copy "
                 "of the text placed after the whole text, so appending changes everything the pooled copy sees"
             )
+        if attention_path not in ATTENTION_PATHS:
+            raise ValueError(f"attention_path must be one of {ATTENTION_PATHS}, got {attention_path!r}")
+        direct = direct_path_supported(encoder.backbone)
+        if attention_path == "direct" and not direct:
+            raise ValueError(f"the direct attention path supports {', '.join(DIRECT_MODEL_TYPES)} decoders, not "
+                             f"{type(encoder.backbone).__name__}; use attention_path='transformers'")
         self.encoder = encoder.eval()
+        self.attention_path = "direct" if attention_path == "auto" and direct else \
+            "transformers" if attention_path == "auto" else attention_path
         self._checksum: list[float] | None = None
         template = encoder.template  # the special tokens encode() puts around a text
         self.prefix_ids, self.suffix_ids = list(template.head), list(template.tail)
+        self.window, self.sink = (None, 0) if window is None else (int(window), int(sink))
+        if window is not None:
+            if self.window < 1 or self.sink < 0:
+                raise ValueError(f"window must be >= 1 and sink >= 0, got window={window}, sink={sink}")
+            if self.sink + self.window + len(self.suffix_ids) > self.max_positions:
+                raise ValueError(f"sink + window = {self.sink + self.window} (+{len(self.suffix_ids)} closing tokens) "
+                                 f"exceeds the model's {self.max_positions} positions")
+            if float(getattr(encoder.backbone.rotary_emb, "attention_scaling", 1.0)) != 1.0:
+                raise ValueError("a bounded window re-rotates cached keys, which needs a rotary embedding without "
+                                 "attention scaling")
         self.reset()
 
     # --- the stream ---------------------------------------------------------------------------
 
     def reset(self) -> None:
         """Forget everything appended so far."""
-        self._cache = None  # DynamicCache, made by the first forward
+        self._cache = KVCache(int(self.encoder.backbone.config.num_hidden_layers))
         self._sum: torch.Tensor | None = None  # float64 (H,), sum of last-layer states
         self._last: torch.Tensor | None = None  # (H,), the last token's last-layer state
         self._ids: list[int] = []
@@ -105,7 +395,17 @@ class StreamingEncoder:
 
     @property
     def n_tokens(self) -> int:
+        """Tokens appended so far (a bounded stream's cache holds fewer: :attr:`cache_tokens`)."""
         return len(self._ids)
+
+    @property
+    def cache_tokens(self) -> int:
+        return self._cache.length
+
+    @property
+    def cache_bytes(self) -> int:
+        """Bytes of memory the stream's cache holds (its allocated buffers)."""
+        return self._cache.nbytes
 
     @property
     def token_ids(self) -> list[int]:
@@ -118,95 +418,77 @@ class StreamingEncoder:
 
     def append(self, text: str) -> np.ndarray:
         """Append a piece of text; return the embedding of the whole stream so far."""
+        return self.append_ids(self._text_ids(text))
+
+    def _text_ids(self, text: str) -> list[int]:
         if not isinstance(text, str) or not text.strip():
             raise ValueError("empty text: an empty or whitespace-only piece has nothing to append")
         ids = self.encoder.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if self.n_tokens == 0:
-            ids = self.prefix_ids + list(ids)
-        return self.append_ids(ids)
+        return self.prefix_ids + list(ids) if self.n_tokens == 0 else list(ids)
 
     def append_ids(self, ids: Sequence[int] | torch.Tensor | np.ndarray) -> np.ndarray:
         """Append token ids; return the embedding of the whole stream so far.
 
-        Raises ``ValueError`` if the stream would exceed the model's positions (the stream is
+        Raises ``ValueError`` if an exact stream would exceed the model's positions (the stream is
         left unchanged) or an id is outside the vocabulary.
         """
         ids = _as_ids(ids)
         if ids.numel() == 0:
             return self.embedding()
-        self._check_ids(ids)
-        past, new = self.n_tokens, ids.numel()
-        if past + new + len(self.suffix_ids) > self.max_positions:
-            raise ValueError(
-                f"the stream would hold {past + new} tokens (+{len(self.suffix_ids)} closing special tokens) but the "
-                f"model has {self.max_positions} positions; positions past that were never trained, so the vector "
-                "would be wrong: reset() or start a new stream"
-            )
-        # One forward for the new tokens and the closing special tokens; the latter are cropped off.
-        suffix = torch.tensor(self.suffix_ids, dtype=torch.long)
-        hidden = self._forward_new(torch.cat([ids, suffix]), drop=len(suffix))
-        own, closing = hidden[:new], hidden[new:]
-        try:
-            # Out-of-place updates: tensors handed out by `state` stay valid after later appends.
-            step_sum = own.double().sum(0)
-            total = step_sum if self._sum is None else self._sum + step_sum
-            pooled = self._pool(total, own[-1], past + new, closing)
-        except BaseException:
-            self._cache.crop(-new)  # nothing is committed: the stream stays as it was
-            raise
-        self._sum, self._last, self._pooled = total, own[-1], pooled
-        self._ids.extend(ids.tolist())
-        return pooled.copy()
+        return append_batch([self], [ids])[0]
 
     def _check_ids(self, ids: torch.Tensor) -> None:
         vocab = int(self.encoder.backbone.config.vocab_size)
         if int(ids.min()) < 0 or int(ids.max()) >= vocab:
             raise ValueError(f"token ids must be in [0, {vocab}), got min {int(ids.min())}, max {int(ids.max())}")
 
-    def _forward_new(self, ids: torch.Tensor, drop: int = 0) -> torch.Tensor:
-        """Run only the new tokens through the backbone against the cache; (new, H) states.
-
-        The cache is rolled back if the forward fails, so a failed append leaves the stream as it
-        was; the last ``drop`` tokens are cropped from the cache afterwards (closing special tokens).
-        """
-        from transformers import DynamicCache
-
-        backbone, device = self.encoder.backbone, self.encoder.device
-        check_attention_implementation(backbone)
-        past, new = self.n_tokens, ids.numel()
-        if self._cache is None:
-            self._cache = DynamicCache(config=backbone.config)
-        snapshot = self._cache_tensors()
-        # Rows of the causal mask for the new queries only, over cached + new keys.
-        bias = attention_bias(
-            torch.ones(1, past + new, dtype=torch.long, device=device), "causal",
-            dtype=self.encoder.dtype, query_length=new,
-        )
-        positions = torch.arange(past, past + new, device=device)[None]
-        try:
-            with torch.no_grad():
-                out = backbone(
-                    input_ids=ids[None].to(device),
-                    attention_mask=bias,
-                    position_ids=positions,
-                    past_key_values=self._cache,
-                    use_cache=True,
+    def _plan(self, ids: torch.Tensor) -> KVCache:
+        """Check an append of ``ids``; return the cache it runs against (a bounded stream's, with the
+        oldest tokens after the sink evicted to make room). Changes nothing."""
+        self._check_ids(ids)
+        new, closing = ids.numel(), len(self.suffix_ids)
+        if self.window is None:
+            if self.n_tokens + new + closing > self.max_positions:
+                raise ValueError(
+                    f"the stream would hold {self.n_tokens + new} tokens (+{closing} closing special tokens) but "
+                    f"the model has {self.max_positions} positions; positions past that were never trained, so the "
+                    "vector would be wrong: reset(), start a new stream, or bound it with window="
                 )
-        except BaseException:
-            self._cache = self._make_cache(*snapshot) if snapshot[0] else None
-            raise
-        self._cache = out.past_key_values
-        if drop:
-            self._cache.crop(-drop)  # negative: how many of the newest tokens to remove
-        return out.last_hidden_state[0]
+            return self._cache
+        budget = self.sink + self.window
+        if self.sink + new + closing > self.max_positions:
+            raise ValueError(f"an append of {new} tokens (+{closing} closing) does not fit the model's "
+                             f"{self.max_positions} positions after the {self.sink}-token sink")
+        cache = self._cache
+        drop = min(cache.length + new + closing - budget, cache.length - min(self.sink, cache.length))
+        return cache.evicted(self.sink, drop, new + closing, self._rotate) if drop > 0 else cache
+
+    def _rotate(self, keys: torch.Tensor, shift: int) -> torch.Tensor:
+        """Keys rotated by ``shift`` positions back (rotary: R(p - s) = R(-s) R(p))."""
+        backbone = self.encoder.backbone
+        probe = keys.new_zeros(1, 1, keys.shape[-1])
+        cos, sin = backbone.rotary_emb(probe, torch.tensor([[shift]], device=keys.device))
+        half = keys.shape[-1] // 2
+        turned = torch.cat((-keys[..., half:], keys[..., :half]), -1)  # rotate_half
+        return keys * cos[:, None] - turned * sin[:, None]
+
+    def _forward(self, pieces: list[tuple[torch.Tensor, KVCache]]) -> list[torch.Tensor]:
+        """Last-layer states of each piece against its cache (written, not committed)."""
+        backbone = self.encoder.backbone
+        with torch.no_grad():
+            if self.attention_path == "direct":
+                return run_backbone(backbone, pieces, causal=True)
+            return [_forward_transformers(backbone, ids, cache, self.encoder.dtype) for ids, cache in pieces]
 
     def embedding(self) -> np.ndarray:
         """The embedding of everything appended so far (float32, (D,))."""
         if self.n_tokens == 0:
             raise ValueError("the stream is empty: append text or ids first")
         if self._pooled is None:  # after load_state: run the closing special tokens against the cache
-            closing = self._forward_new(torch.tensor(self.suffix_ids, dtype=torch.long), drop=len(self.suffix_ids)) \
-                if self.suffix_ids else None
+            closing = None
+            if self.suffix_ids:
+                suffix = torch.tensor(self.suffix_ids, dtype=torch.long)
+                closing = self._forward([(suffix, self._cache)])[0]  # written after the stream, never committed
             self._pooled = self._pool(self._sum, self._last, self.n_tokens, closing)
         return self._pooled.copy()
 
@@ -216,10 +498,11 @@ class StreamingEncoder:
             total, last, count = total + closing.double().sum(0), closing[-1], count + len(closing)
         pooled = (total / count).float() if self.encoder.pooling == "mean" else last.float()
         with torch.no_grad():
-            return self.encoder.project(pooled[None])[0].cpu().numpy()
+            return self.encoder.project(pooled[None].to(self.encoder.device))[0].cpu().numpy()
 
     def full_embedding(self, ids: Sequence[int] | torch.Tensor | np.ndarray | None = None) -> np.ndarray:
-        """Recompute the embedding of ``ids`` (default: the stream so far) + :attr:`suffix_ids` from scratch."""
+        """Recompute the embedding of ``ids`` (default: the stream so far) + :attr:`suffix_ids` from
+        scratch through ``Encoder.forward`` (transformers' path: the oracle)."""
         ids = self._ids if ids is None else ids
         ids = _as_ids(ids)
         if ids.numel() == 0:
@@ -231,17 +514,6 @@ class StreamingEncoder:
         return out["embedding"][0].float().cpu().numpy()
 
     # --- parking and resuming -----------------------------------------------------------------
-
-    def _cache_tensors(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        if self._cache is None or self.n_tokens == 0:
-            return [], []
-        layers = self._cache.layers
-        return [layer.keys for layer in layers], [layer.values for layer in layers]
-
-    def _make_cache(self, keys: list[torch.Tensor], values: list[torch.Tensor]):
-        from transformers import DynamicCache
-
-        return DynamicCache(ddp_cache_data=list(zip(keys, values)), config=self.encoder.backbone.config)
 
     def _signature(self) -> dict[str, Any]:
         """What a parked state must match: architecture, pooling head and a weights checksum.
@@ -271,11 +543,9 @@ class StreamingEncoder:
 
     @property
     def state(self) -> dict[str, Any]:
-        """A snapshot to resume from: ``{"token_ids", "keys", "values", "sum", "last", "signature"}``.
-
-        Tensors are shared, not copied (appends never modify them in place).
-        """
-        keys, values = self._cache_tensors()
+        """A snapshot to resume from: ``{"token_ids", "keys", "values", "sum", "last", "window", "sink",
+        "signature"}``. Tensors are shared, not copied: appends never write the rows they hold."""
+        keys, values = self._cache.views()
         return {
             "format": STATE_FORMAT,
             "token_ids": list(self._ids),
@@ -283,17 +553,24 @@ class StreamingEncoder:
             "values": values,
             "sum": self._sum,
             "last": self._last,
+            "window": self.window,
+            "sink": self.sink,
             "signature": self._signature(),
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
-        """Resume from a :attr:`state` snapshot of a stream over the same encoder.
+        """Resume from a :attr:`state` snapshot of a stream over the same encoder (copied, so the
+        snapshot stays as it was whatever this stream does next).
 
-        Raises ``ValueError`` if the state belongs to another model or pooling, or is inconsistent.
+        Raises ``ValueError`` if the state belongs to another model, pooling or window, or is inconsistent.
         """
         if state.get("format") != STATE_FORMAT:
             raise ValueError(f"unsupported stream state format {state.get('format')!r} (expected {STATE_FORMAT})")
         self._check_signature(state["signature"])
+        window, sink = state.get("window"), int(state.get("sink") or 0)
+        if (window, sink if window is not None else 0) != (self.window, self.sink):
+            raise ValueError(f"stream state was made with window={window}, sink={sink}; this stream has "
+                             f"window={self.window}, sink={self.sink}")
         ids = [int(i) for i in state["token_ids"]]
         if not ids:
             self.reset()
@@ -302,16 +579,17 @@ class StreamingEncoder:
         n_layers = int(self.encoder.backbone.config.num_hidden_layers)
         if len(keys) != n_layers or len(values) != n_layers:
             raise ValueError(f"stream state has {len(keys)} cached layers, the model has {n_layers}")
-        if any(t.shape[-2] != len(ids) for t in keys + values):
-            raise ValueError(f"stream state is inconsistent: cached lengths differ from its {len(ids)} token ids")
-        if len(ids) + len(self.suffix_ids) > self.max_positions:
-            raise ValueError(f"stream state holds {len(ids)} tokens (+{len(self.suffix_ids)} closing special tokens), "
-                             f"more than the model's {self.max_positions} positions")
+        cached = {int(t.shape[-2]) for t in keys + values}
+        if len(cached) != 1 or (self.window is None and cached != {len(ids)}) or max(cached) > len(ids):
+            raise ValueError(f"stream state is inconsistent: cached lengths {sorted(cached)} for {len(ids)} token ids")
+        if max(cached) + len(self.suffix_ids) > self.max_positions:
+            raise ValueError(f"stream state holds {max(cached)} tokens (+{len(self.suffix_ids)} closing special "
+                             f"tokens), more than the model's {self.max_positions} positions")
         pooled = state["sum"] if self.encoder.pooling == "mean" else state["last"]
         if pooled is None or pooled.shape != (self.encoder.hidden_size,):
             raise ValueError("stream state lacks the pooling tensor for this encoder")
         device, dtype = self.encoder.device, self.encoder.dtype
-        self._cache = self._make_cache([k.to(device, dtype) for k in keys], [v.to(device, dtype) for v in values])
+        self._cache = KVCache.of(keys, values, device=device, dtype=dtype)
         self._sum = None if state["sum"] is None else state["sum"].to(device, torch.float64)
         self._last = None if state["last"] is None else state["last"].to(device)
         self._ids = ids
@@ -337,17 +615,18 @@ class StreamingEncoder:
         for name in ("sum", "last"):
             if state[name] is not None:
                 tensors[name] = state[name]
-        meta = {k: state[k] for k in ("format", "token_ids", "signature")}
+        meta = {k: state[k] for k in ("format", "token_ids", "window", "sink", "signature")}
         meta["n_layers"] = len(state["keys"])
         path = Path(path)
         with atomic_dir(path) as tmp:
-            save_tensors(tmp / STATE_TENSORS, tensors)
+            save_tensors(tmp / STATE_TENSORS, {k: t.contiguous() for k, t in tensors.items()})
             atomic_write_json(tmp / STATE_JSON, meta)
         return path
 
     @classmethod
-    def restore(cls, encoder: Encoder, path: str | Path) -> StreamingEncoder:
-        """A stream over ``encoder`` resumed from :meth:`save_state`'s folder."""
+    def restore(cls, encoder: Encoder, path: str | Path, **options) -> StreamingEncoder:
+        """A stream over ``encoder`` resumed from :meth:`save_state`'s folder (``options``: the
+        stream's ``attention_path``; its window comes from the folder)."""
         path = Path(path)
         if not (path / STATE_JSON).exists():
             raise ArtifactError(f"{path} is not a saved stream (no {STATE_JSON})")
@@ -367,9 +646,257 @@ class StreamingEncoder:
             }
         except KeyError as exc:
             raise ArtifactError(f"{path / STATE_TENSORS} lacks tensor {exc}") from None
-        stream = cls(encoder)
+        window = meta.get("window")
+        stream = cls(encoder, window=window, sink=int(meta.get("sink") or 4) if window else 4, **options)
         stream.load_state(state)
         return stream
+
+
+def _forward_transformers(backbone: torch.nn.Module, ids: torch.Tensor, cache: KVCache, dtype) -> torch.Tensor:
+    """The oracle: transformers' forward with a ``DynamicCache`` of the cached rows and the causal
+    rows of :func:`attention_bias`; the new keys and values are then written into ``cache``."""
+    from transformers import DynamicCache
+
+    check_attention_implementation(backbone)
+    device = backbone.embed_tokens.weight.device if hasattr(backbone, "embed_tokens") else \
+        next(backbone.parameters()).device
+    past, new = cache.length, ids.numel()
+    keys, values = cache.views()
+    dynamic = DynamicCache(ddp_cache_data=list(zip(keys, values)), config=backbone.config) if past else \
+        DynamicCache(config=backbone.config)
+    bias = attention_bias(torch.ones(1, past + new, dtype=torch.long, device=device), "causal", dtype=dtype,
+                          query_length=new)
+    out = backbone(input_ids=ids[None].to(device), attention_mask=bias,
+                   position_ids=torch.arange(past, past + new, device=device)[None],
+                   past_key_values=dynamic, use_cache=True)
+    cache.reserve(new)
+    for index, layer in enumerate(out.past_key_values.layers):
+        cache.write(index, layer.keys[:, :, past:], layer.values[:, :, past:])
+    return out.last_hidden_state[0]
+
+
+def append_batch(streams: Sequence[StreamingEncoder], pieces: Sequence[Sequence[int] | torch.Tensor | np.ndarray]
+                 ) -> list[np.ndarray]:
+    """Append ``pieces[i]`` (token ids) to ``streams[i]`` for every stream in one forward; return each
+    stream's embedding. The streams share one encoder and may hold any lengths: the new tokens of all
+    of them are packed into one row for the linear layers, and each attends to its own cache.
+
+    Every append is checked before anything runs, and none is committed unless all succeed, so a
+    failure leaves every stream as it was.
+    """
+    if len(streams) != len(pieces):
+        raise ValueError(f"{len(streams)} streams but {len(pieces)} pieces")
+    if not streams:
+        return []
+    if len({id(s) for s in streams}) != len(streams):
+        raise ValueError("a stream appears twice in one batch; append its pieces as one")
+    first = streams[0]
+    if any(s.encoder is not first.encoder or s.attention_path != first.attention_path for s in streams):
+        raise ValueError("streams in one batch must share one encoder and attention path")
+    ids = [_as_ids(p) for p in pieces]
+    if any(i.numel() == 0 for i in ids):
+        raise ValueError("an empty piece: every stream in a batch needs tokens to append")
+    suffix = torch.tensor(first.suffix_ids, dtype=torch.long)
+    caches = [s._plan(i) for s, i in zip(streams, ids)]  # raises before anything changes
+    hidden = first._forward([(torch.cat([i, suffix]), c) for i, c in zip(ids, caches)])
+    updates = []
+    for stream, new, cache, states in zip(streams, ids, caches, hidden):
+        n = new.numel()
+        own, closing = states[:n], states[n:]
+        # out-of-place: tensors handed out by `state` stay valid after later appends
+        step_sum = own.double().sum(0)
+        total = step_sum if stream._sum is None else stream._sum + step_sum
+        updates.append((total, own[-1], stream._pool(total, own[-1], stream.n_tokens + n, closing)))
+    for stream, new, cache, (total, last, pooled) in zip(streams, ids, caches, updates):
+        cache.commit(new.numel())
+        stream._cache, stream._sum, stream._last, stream._pooled = cache, total, last, pooled
+        stream._ids.extend(new.tolist())
+    return [u[2].copy() for u in updates]
+
+
+# =============================================================================================
+# the GPU path: a static cache, one CUDA graph per append shape
+# =============================================================================================
+#
+# On a GPU a 128-token append is launch-bound: a few hundred small kernels, each waiting on the
+# host. A CUDA graph records them once and replays them as one launch, but it needs fixed shapes
+# and addresses: the cache is one buffer of fixed capacity per layer for a batch of streams, the
+# stream lengths live in a device tensor, new rows are scattered at those lengths, and attention
+# reads the whole buffer under a boolean mask (key j is visible to new token i of stream b when
+# j <= lengths[b] + i). Nothing then depends on the lengths but the data. The same code runs
+# eagerly on a CPU (the tests compare it with the dynamic path); graphs are taken only on CUDA.
+
+
+class StaticBatch:
+    """Appends of ``delta`` tokens to each of ``batch`` streams over one encoder, on a fixed-shape cache.
+
+    ``load(slot, stream)`` copies a stream's cache and sums into a slot; ``append(ids)`` ((batch,
+    delta) ids) runs one forward, the closing special tokens riding along as in a stream, and
+    returns each slot's embedding of its stream so far. ``graphs`` (default: on CUDA) captures the
+    forward as a CUDA graph on the first append and replays it after; it is refused elsewhere.
+    """
+
+    def __init__(self, encoder: Encoder, batch: int, delta: int, capacity: int, *, graphs: bool | None = None):
+        if not direct_path_supported(encoder.backbone):
+            raise ValueError("the static path needs a decoder the direct attention path supports")
+        if encoder.attention != "causal" or encoder.pooling not in ("mean", "last"):
+            raise ValueError("the static path streams causal encoders with mean or last pooling")
+        device = encoder.device
+        graphs = device.type == "cuda" if graphs is None else bool(graphs)
+        if graphs and device.type != "cuda":
+            raise ValueError(f"CUDA graphs need a CUDA device; the encoder is on {device}")
+        self.encoder, self.batch, self.graphs = encoder.eval(), int(batch), graphs
+        self.suffix_ids = list(encoder.template.tail)
+        self.delta, self.step = int(delta), int(delta) + len(self.suffix_ids)
+        if capacity > encoder.max_positions:
+            raise ValueError(f"capacity {capacity} exceeds the model's {encoder.max_positions} positions")
+        self.capacity = int(capacity)
+        config = encoder.backbone.config
+        attn = encoder.backbone.layers[0].self_attn
+        shape = (self.batch, int(config.num_key_value_heads), self.capacity, int(attn.head_dim))
+        # zeros, not empty: masked rows still enter the products, and garbage could be NaN
+        self.keys = [torch.zeros(shape, device=device, dtype=encoder.dtype) for _ in encoder.backbone.layers]
+        self.values = [torch.zeros(shape, device=device, dtype=encoder.dtype) for _ in encoder.backbone.layers]
+        self.lengths = torch.zeros(self.batch, dtype=torch.long, device=device)
+        self.sums = torch.zeros(self.batch, encoder.hidden_size, dtype=torch.float64, device=device)
+        self.counts = torch.zeros(self.batch, dtype=torch.long, device=device)
+        self._ids = torch.zeros(self.batch, self.step, dtype=torch.long, device=device)
+        self._graph = None
+        self._hidden: torch.Tensor | None = None
+
+    def load(self, slot: int, stream: StreamingEncoder) -> None:
+        """Put a stream's cache and running sums into ``slot`` (the stream itself is left as it is)."""
+        if stream.encoder is not self.encoder or stream.window is not None:
+            raise ValueError("load a stream over the same encoder, without a window")
+        n = stream.cache_tokens
+        if n + self.step > self.capacity:
+            raise ValueError(f"the stream holds {n} tokens; with an append of {self.step} it passes the capacity "
+                             f"{self.capacity}")
+        keys, values = stream._cache.views()
+        for buffer, rows in zip(self.keys + self.values, keys + values):
+            buffer[slot, :, :n] = rows[0]
+        self.lengths[slot] = n
+        self.sums[slot] = stream._sum if stream._sum is not None else 0.0
+        self.counts[slot] = stream.n_tokens
+
+    def _forward(self) -> torch.Tensor:
+        """(batch, step, H) states of the new tokens, their keys and values scattered into the cache."""
+        backbone = self.encoder.backbone
+        b, n = self._ids.shape
+        positions = self.lengths[:, None] + torch.arange(n, device=self._ids.device)[None]  # (b, n)
+        visible = torch.arange(self.capacity, device=self._ids.device)[None, None] <= positions[:, :, None]
+        x = backbone.embed_tokens(self._ids)
+        cos, sin = backbone.rotary_emb(x, positions)
+        rotate = _rotary(backbone.layers[0].self_attn)
+        for index, layer in enumerate(backbone.layers):
+            attn = layer.self_attn
+            h = layer.input_layernorm(x)
+            q = attn.q_proj(h).view(b, n, -1, attn.head_dim).transpose(1, 2)
+            k = attn.k_proj(h).view(b, n, -1, attn.head_dim).transpose(1, 2)
+            v = attn.v_proj(h).view(b, n, -1, attn.head_dim).transpose(1, 2)
+            q, k = rotate(q, k, cos, sin)
+            rows = positions[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
+            self.keys[index].scatter_(2, rows, k)
+            self.values[index].scatter_(2, rows, v)
+            o = F.scaled_dot_product_attention(q, self.keys[index], self.values[index], attn_mask=visible[:, None],
+                                               scale=attn.scaling, enable_gqa=True)
+            x = x + attn.o_proj(o.transpose(1, 2).reshape(b, n, -1))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        return backbone.norm(x)
+
+    def _run(self) -> torch.Tensor:
+        if not self.graphs:
+            return self._forward()
+        if self._graph is None:  # warm up on a side stream (as torch.cuda.graphs asks), then capture;
+            # both write rows past the lengths, which the next append overwrites
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self._forward()
+            torch.cuda.current_stream().wait_stream(side)
+            self._graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self._graph):
+                self._hidden = self._forward()
+        self._graph.replay()
+        return self._hidden
+
+    def append(self, ids: torch.Tensor) -> np.ndarray:
+        """Append ``ids`` ((batch, delta)) to every slot; return the (batch, D) embeddings."""
+        ids = torch.as_tensor(ids, dtype=torch.long)
+        if tuple(ids.shape) != (self.batch, self.delta):
+            raise ValueError(f"expected ids of shape {(self.batch, self.delta)}, got {tuple(ids.shape)}")
+        if int(self.lengths.max()) + self.step > self.capacity:
+            raise ValueError(f"an append of {self.step} tokens passes the static capacity {self.capacity}")
+        suffix = torch.tensor(self.suffix_ids, dtype=torch.long).expand(self.batch, -1)
+        with torch.no_grad():
+            self._ids.copy_(torch.cat([ids, suffix], 1))
+            hidden = self._run()
+            own = hidden[:, : self.delta].double()
+            self.sums += own.sum(1)
+            self.counts += self.delta
+            total, count = self.sums + hidden[:, self.delta:].double().sum(1), self.counts + len(self.suffix_ids)
+            if self.encoder.pooling == "mean":
+                pooled = (total / count[:, None]).float()
+            else:
+                pooled = hidden[:, -1].float()
+            self.lengths += self.delta
+            return self.encoder.project(pooled).cpu().numpy()
+
+
+def static_benchmark(student: Encoder, teacher: Encoder, prefix: int, delta: int, updates: int, *, batch: int = 1,
+                     seed: int = 0, graphs: bool | None = None) -> dict[str, Any]:
+    """The GPU path's latency (:class:`StaticBatch`, CUDA graphs where the device is CUDA): ``batch``
+    streams of ``prefix`` seeded tokens each append ``delta`` tokens per update, ``updates`` times
+    (growing; one warm-up update first, which also captures the graph), against the teacher
+    recomputing the same ``batch`` sequences in one forward (:func:`run_backbone`, packed).
+    The clock starts and stops with the device idle. ``max_cosine_distance``: the static
+    embeddings of the first update against the dynamic path's."""
+    vocab = int(student.backbone.config.vocab_size)
+    closing = list(student.template.tail)
+    step = delta + len(closing)
+    capacity = prefix + (updates + 1) * delta + len(closing)
+    static = StaticBatch(student, batch, delta, capacity, graphs=graphs)
+    streams, ids = [], []
+    device = student.device
+    with torch.inference_mode():
+        for b in range(batch):
+            tokens = _token_stream(prefix + (updates + 1) * delta, vocab, seed + b)
+            stream = StreamingEncoder(student)
+            stream.append_ids(tokens[:prefix])
+            static.load(b, stream)
+            streams.append(stream)
+            ids.append(tokens)
+        times: dict[str, list[float]] = {"append": [], "teacher_recompute": []}
+        distance = 0.0
+        for u in range(updates + 1):
+            a, z = prefix + u * delta, prefix + (u + 1) * delta
+            new = torch.stack([t[a:z] for t in ids])
+            _sync(device)
+            start = time.perf_counter()
+            vectors = static.append(new)
+            _sync(device)
+            append_s = time.perf_counter() - start
+            if u == 0:  # the warm-up: compare with the dynamic path once
+                dynamic = append_batch(streams, list(new))
+                distance = max(_cosine_distance(x, y) for x, y in zip(vectors, dynamic))
+            pieces = [(torch.cat([t[:z], torch.tensor(closing, dtype=torch.long)]), None) for t in ids]
+            _sync(device)
+            start = time.perf_counter()
+            run_backbone(teacher.backbone, pieces, causal=False)
+            _sync(device)
+            if u == 0:
+                continue
+            times["append"].append(1e3 * append_s)
+            times["teacher_recompute"].append(1e3 * (time.perf_counter() - start))
+    append_ms, teacher_ms = (float(np.median(v)) for v in times.values())
+    return {"batch": batch, "prefix": prefix, "delta": delta, "updates": updates, "graphs": static.graphs,
+            "step_tokens": step, "capacity": capacity, "latency_ms": {"append": append_ms, "teacher_recompute": teacher_ms},
+            "latency_ms_all": times,
+            "speedups_vs_teacher": [t / a for a, t in zip(times["append"], times["teacher_recompute"])],
+            "speedup_vs_teacher": teacher_ms / append_ms, "streams_per_s": batch / (append_ms / 1e3),
+            "token_ratio_limit": (prefix + delta) / delta, "max_cosine_distance": distance,
+            "cache_mb_per_stream": sum(t[0].numel() * t.element_size() for t in static.keys + static.values) / 2**20,
+            "device": str(device), "precision": str(student.dtype).removeprefix("torch.")}
 
 
 def chat_replay(encoder: Encoder, turns: Sequence[str]) -> list[dict[str, Any]]:
@@ -428,24 +955,6 @@ def random_benchmark_encoders(profile, *, max_positions: int | None = None, seed
     }
 
 
-def _embed_ids(encoder: Encoder, ids: torch.Tensor, pool_mask: torch.Tensor | None = None) -> np.ndarray:
-    """Embed one sequence of ids from scratch (no cache), as ``Encoder.forward`` does."""
-    ids = ids[None].to(encoder.device)
-    mask = torch.ones_like(ids)
-    pool_mask = None if pool_mask is None else pool_mask[None].to(encoder.device)
-    if ids.shape[1] <= encoder.max_positions:
-        out = encoder(input_ids=ids, attention_mask=mask, pool_mask=pool_mask)["embedding"]
-    else:
-        # Echo writes the text twice and can run past the trained positions: the same
-        # computation (for its latency; rotary positions extrapolate), without the guard.
-        bias = attention_bias(mask, encoder.attention, dtype=encoder.dtype)
-        positions = torch.arange(ids.shape[1], device=ids.device)[None]
-        hidden = encoder.backbone(input_ids=ids, attention_mask=bias, position_ids=positions,
-                                  use_cache=False).last_hidden_state
-        out = encoder.project(encoder.pool(hidden, mask, pool_mask))
-    return out[0].float().cpu().numpy()
-
-
 def _echo_ids(encoder: Encoder, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Echo's input for bare token ids, laid out as ``encode`` does (the text's template), and the
     mask of the second copy it pools."""
@@ -461,9 +970,10 @@ def _token_stream(n: int, vocab: int, seed: int) -> torch.Tensor:
     return torch.randint(min(2, vocab - 1), vocab, (n,), generator=generator)
 
 
-def _cache_mb(stream: StreamingEncoder) -> float:
-    keys, values = stream._cache_tensors()
-    return sum(t.numel() * t.element_size() for t in keys + values) / 2**20
+def _sync(device: torch.device) -> None:
+    """Wait for queued device work (CUDA runs asynchronously: a clock read before it returns early)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def stream_benchmark(profile=None, prefix: int | None = None, delta: int | None = None, updates: int | None = None,
@@ -475,19 +985,24 @@ def stream_benchmark(profile=None, prefix: int | None = None, delta: int | None 
     A seeded stream of ``prefix + updates * delta`` random token ids. The student appends the
     prefix once (not timed); then, for each update, ``delta`` new tokens go through the KV cache
     (timed: the whole ``append_ids`` call, embedding included), while the student without cache,
-    the teacher B and Echo on A embed the whole current sequence from scratch (timed). By default
-    every update starts from the same L-token prefix (the cache is rolled back between updates,
-    untimed), so each update is exactly L -> L + D and the token ratio (L + D) / D is the
-    speed-up's limit; ``growing=True`` lets the stream grow instead (it must fit the positions).
+    the teacher B and Echo on A embed the whole current sequence from scratch (timed, each on the
+    append's attention path: :func:`recompute`). By default every update starts from the same
+    L-token prefix (the cache is rolled back between updates, untimed), so each update is exactly
+    L -> L + D and the token ratio (L + D) / D is the speed-up's limit; ``growing=True`` lets the
+    stream grow instead (it must fit the positions).
 
     Same process, same thread count, methods interleaved within each update; one warm-up update
-    (the first delta, rolled back) is excluded; latencies are medians over ``updates``.
-    ``max_cosine_distance`` is the largest cosine distance between the KV-cache embedding and the
-    full recompute of the same ids. ``weights`` labels the encoders in the result ("trained",
-    "random"); the registry's ``stream_encoders`` loads the book's. ``progress`` shows a bar of the
-    updates on stderr; ``verbose`` prints each update's latencies.
+    (the first delta, rolled back) is excluded; latencies are medians over ``updates``; on a GPU
+    the clock starts and stops after the device has finished its queued work.
+    ``cosine_distances`` compare the KV-cache embedding with the student's recompute of the same
+    ids; ``oracle_cosine_distance`` compares the last one with transformers' forward
+    (``Encoder.forward``, untimed). ``weights`` labels the encoders in the result ("trained",
+    "random"); the registry's ``stream_encoders`` loads the book's. ``progress`` shows a bar of
+    the updates on stderr; ``verbose`` prints each update's latencies.
     """
     from tqdm.auto import tqdm
+
+    from .hardware import machine_speed
 
     profile = get_profile(profile)
     L = int(prefix if prefix is not None else profile.stream_prefix)
@@ -509,11 +1024,17 @@ def stream_benchmark(profile=None, prefix: int | None = None, delta: int | None 
     vocab = min(int(m.backbone.config.vocab_size) for m in (student, teacher, echo_model))
     ids = _token_stream(L + U * D, vocab, seed)
     deltas = [ids[L + u * D: L + (u + 1) * D] for u in range(U)]
+    speed = machine_speed() if student.device.type == "cpu" else {}
 
     times: dict[str, list[float]] = {m: [] for m in METHODS}
     distances: list[float] = []
     echo_beyond = False
-    clock = time.perf_counter
+    device = student.device
+
+    def clock() -> float:
+        _sync(device)
+        return time.perf_counter()
+
     with torch.inference_mode():
         stream.append_ids(ids[:L])
         at_prefix = stream.state
@@ -530,11 +1051,11 @@ def stream_benchmark(profile=None, prefix: int | None = None, delta: int | None 
             t0 = clock()
             incremental = stream.append_ids(new)
             t1 = clock()
-            full = _embed_ids(student, current)
+            full = recompute(student, current)
             t2 = clock()
-            _embed_ids(teacher, current)
+            recompute(teacher, current)
             t3 = clock()
-            _embed_ids(echo_model, echo_in, echo_pool)
+            recompute(echo_model, echo_in, echo_pool)
             t4 = clock()
             if u < 0:
                 continue
@@ -543,10 +1064,12 @@ def stream_benchmark(profile=None, prefix: int | None = None, delta: int | None 
             distances.append(_cosine_distance(incremental, full))
             if verbose:
                 print(f"update {u + 1}/{U}: " + ", ".join(f"{m} {times[m][-1]:.1f} ms" for m in METHODS), flush=True)
-        cache_mb = _cache_mb(stream)
+        oracle = _cosine_distance(incremental, stream.full_embedding())
+        cache_mb = stream._cache.used_bytes() / 2**20
 
     latency = {m: float(np.median(v)) for m, v in times.items()}
     kv = latency["student_kv"]
+    per_update = {m: [t / k for t, k in zip(times[m], times["student_kv"])] for m in METHODS[1:]}
     return {
         "profile": profile.name,
         "prefix": L,
@@ -554,20 +1077,26 @@ def stream_benchmark(profile=None, prefix: int | None = None, delta: int | None 
         "updates": U,
         "growing": bool(growing),
         "weights": weights,
+        "attention_path": stream.attention_path,
+        "precision": str(student.dtype).removeprefix("torch."),
         "speedup_vs_teacher": latency["teacher_recompute"] / kv,
         # per update, side by side in the same update: the figures a rule over updates reads
-        "speedups_vs_teacher": [t / k for t, k in zip(times["teacher_recompute"], times["student_kv"])],
+        "speedups_vs_teacher": per_update["teacher_recompute"],
+        "speedups_vs_recompute": per_update["student_recompute"],
         "speedup_vs_echo": latency["echo_recompute"] / kv,
         "speedup_vs_recompute": latency["student_recompute"] / kv,
         "token_ratio_limit": (L + D) / D,
         "max_cosine_distance": max(distances),
         "cosine_distances": distances,
+        "oracle_cosine_distance": oracle,
         "latency_ms": latency,
         "latency_ms_all": times,
         "cache_mb": cache_mb,
         "echo_tokens": int(len(echo_in)),
         "echo_beyond_positions": bool(echo_beyond),
         "threads": torch.get_num_threads(),
+        "device": str(device),
+        "machine_speed": speed,
     }
 
 
@@ -579,6 +1108,243 @@ def stream_sweep(profile=None, prefixes: Sequence[int] = (256, 512, 1024, 2048, 
     updates = int(updates if updates is not None else min(profile.stream_updates, 5))
     return [stream_benchmark(profile, prefix=int(p), delta=delta, updates=updates, seed=seed, weights=weights,
                              student=student, teacher=teacher, echo_model=echo_model) for p in prefixes]
+
+
+# =============================================================================================
+# streams as users have them: many at once, bounded memory, real conversations
+# =============================================================================================
+
+
+def many_streams_benchmark(student: Encoder, batch_sizes: Sequence[int] = (1, 2, 4, 8, 16), *, delta: int = 64,
+                           lengths: tuple[int, int] = (256, 4096), rounds: int = 3, seed: int = 0) -> list[dict[str, Any]]:
+    """Streams served per second when the appends of several streams go through one forward
+    (:func:`append_batch`) against the same appends one stream at a time.
+
+    ``max(batch_sizes)`` streams of seeded random lengths in ``lengths`` are built once; for each
+    batch size the first ``b`` of them each append ``delta`` tokens, ``rounds`` times (every round
+    from the same states, rolled back untimed), one at a time and batched, interleaved. Per batch
+    size: streams per second both ways (from the median round), the speed-up, the cache memory per
+    stream (allocated), and the largest cosine distance between a batched and a single append.
+    """
+    vocab = int(student.backbone.config.vocab_size)
+    generator = torch.Generator().manual_seed(seed)
+    n = max(batch_sizes)
+    sizes = torch.randint(lengths[0], lengths[1] + 1, (n,), generator=generator).tolist()
+    streams, states, pieces = [], [], []
+    with torch.inference_mode():
+        for i, size in enumerate(sizes):
+            stream = StreamingEncoder(student)
+            stream.append_ids(_token_stream(size, vocab, seed + 1 + i))
+            streams.append(stream)
+            states.append(stream.state)
+            pieces.append(_token_stream(delta, vocab, seed + 1000 + i))
+        rows = []
+        for b in batch_sizes:
+            single, batched, distance = [], [], 0.0
+            for _ in range(rounds):
+                alone = []
+                elapsed = 0.0
+                for stream, state, piece in zip(streams[:b], states[:b], pieces[:b]):
+                    stream.load_state(state)
+                    start = time.perf_counter()
+                    alone.append(stream.append_ids(piece))
+                    elapsed += time.perf_counter() - start
+                single.append(elapsed)
+                for stream, state in zip(streams[:b], states[:b]):
+                    stream.load_state(state)
+                start = time.perf_counter()
+                together = append_batch(streams[:b], pieces[:b])
+                batched.append(time.perf_counter() - start)
+                distance = max(distance, *(_cosine_distance(x, y) for x, y in zip(alone, together)))
+            one, many = float(np.median(single)), float(np.median(batched))
+            rows.append({"batch": b, "delta": delta, "streams_per_s_single": b / one, "streams_per_s_batched": b / many,
+                         "speedup": one / many, "tokens_per_s_batched": b * delta / many,
+                         "cache_mb_per_stream": float(np.mean([s.cache_bytes for s in streams[:b]])) / 2**20,
+                         "mean_tokens_per_stream": float(np.mean([s.n_tokens for s in streams[:b]])),
+                         "max_cosine_distance": distance})
+    return rows
+
+
+def turn_chunks(tokenizer, text: str, min_tokens: int = 128, limit: int | None = None) -> list[list[int]]:
+    """A conversation's turns (its lines) as consecutive pieces of token ids, each of whole turns and
+    at least ``min_tokens`` long (the last may be shorter), in all at most ``limit`` tokens (the
+    last turn cut there). Each turn is tokenized on its own, with its newline."""
+    turns = [line + "\n" for line in text.splitlines() if line.strip()]
+    chunks, current, total = [], [], 0
+    for ids in tokenizer(turns, add_special_tokens=False)["input_ids"] if turns else []:
+        if limit is not None and total + len(ids) > limit:
+            ids = ids[: limit - total]
+        current += ids
+        total += len(ids)
+        if len(current) >= min_tokens or (limit is not None and total >= limit):
+            chunks.append(current)
+            current = []
+        if limit is not None and total >= limit:
+            break
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def _cut_at(chunks: list[list[int]], marks: Sequence[int]) -> list[tuple[list[int], int | None]]:
+    """``chunks`` with a cut at each token count in ``marks``: ``[(piece, mark reached or None)]``."""
+    out, total, pending = [], 0, sorted(set(int(m) for m in marks))
+    for chunk in chunks:
+        while chunk:
+            nxt = next((m for m in pending if m > total), None)
+            if nxt is not None and total + len(chunk) >= nxt:
+                take, mark = nxt - total, nxt
+            else:
+                take, mark = len(chunk), None
+            out.append((chunk[:take], mark))
+            chunk, total = chunk[take:], total + take
+    return out
+
+
+def stream_corpus(encoder: Encoder, texts: Sequence[str], checkpoints: Sequence[int], *, window: int | None = None,
+                  sink: int = 4, min_tokens: int = 128, batch: int = 16, precision: str = "float32",
+                  progress: bool = False) -> dict[int, np.ndarray]:
+    """Each text streamed in turn chunks (:func:`turn_chunks`), ``batch`` streams per forward
+    (:func:`append_batch`), its embedding taken as it reaches each checkpoint (in tokens; a shorter
+    text gives its whole-text embedding): ``{checkpoint: (len(texts), D)}``, from one pass.
+    ``precision="bfloat16"`` runs under bf16 autocast, as ``Encoder.encode`` does."""
+    from tqdm.auto import tqdm
+
+    checkpoints = sorted(int(c) for c in checkpoints)
+    limit = checkpoints[-1] if window is not None else min(checkpoints[-1], encoder.max_positions - len(
+        encoder.template.tail) - len(encoder.template.head))
+    plans = []
+    for text in texts:
+        chunks = turn_chunks(encoder.tokenizer, text, min_tokens, limit)
+        if chunks and encoder.template.head:
+            chunks[0] = list(encoder.template.head) + chunks[0]
+        plans.append(_cut_at(chunks, checkpoints))
+    out = {c: np.zeros((len(texts), encoder.embed_dim), dtype=np.float32) for c in checkpoints}
+    queue, active = list(range(len(texts))), []  # active: [text index, stream, next piece]
+    bar = tqdm(total=len(texts), desc=f"stream corpus (window {window})", unit="text", disable=not progress)
+    autocast = torch.autocast(encoder.device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
+    with torch.inference_mode(), autocast:
+        while queue or active:
+            while queue and len(active) < batch:
+                index = queue.pop(0)
+                if plans[index]:
+                    active.append([index, StreamingEncoder(encoder, window=window, sink=sink), 0])
+                else:
+                    bar.update()
+            vectors = append_batch([a[1] for a in active], [plans[a[0]][a[2]][0] for a in active])
+            still = []
+            for entry, vector in zip(active, vectors):
+                index, _, step = entry
+                mark = plans[index][step][1]
+                if mark is not None:
+                    out[mark][index] = vector
+                entry[2] += 1
+                if entry[2] < len(plans[index]):
+                    still.append(entry)
+                else:  # the whole text is shorter than the later checkpoints: its whole-text vector
+                    for c in checkpoints:
+                        if c > (mark or 0) and not out[c][index].any():
+                            out[c][index] = vector
+                    bar.update()
+            active = still
+    bar.close()
+    return out
+
+
+def conversation_replay(student: Encoder, teacher: Encoder, echo_model: Encoder, text: str, *,
+                        min_tokens: int = 128, points: int = 10, windows: Sequence[int] = (), sink: int = 4,
+                        limit: int | None = None) -> list[dict[str, Any]]:
+    """A real conversation streamed turn chunk by turn chunk (:func:`turn_chunks`) through the
+    student, against recomputing it.
+
+    Per chunk: the tokens so far and new, the append's milliseconds, the cache's size and the
+    embedding's drift (cosine distance to the previous chunk's vector and to the final one). At
+    ``points`` chunks spread over the conversation: the teacher's recompute and Echo's (where its
+    doubled text fits the positions; otherwise NaN), each timed on the append's attention path;
+    at the last of them also the student's own, and the cosine distance of the streamed vector to
+    it. The
+    conversation is read to its end or its first ``limit`` tokens; the exact stream stops earlier
+    where the model's positions run out, while each of ``windows`` (a bounded stream; all of them
+    in one batched forward) goes on, recording its cache size and, while the exact stream runs,
+    its cosine distance to it.
+    """
+    closing = list(student.template.tail)
+    exact_limit = min(limit or student.max_positions, student.max_positions - len(closing))
+    exact_pieces = turn_chunks(student.tokenizer, text, min_tokens, exact_limit)
+    pieces = turn_chunks(student.tokenizer, text, min_tokens, limit) if windows else exact_pieces
+    exact = StreamingEncoder(student)
+    bounded = [StreamingEncoder(student, window=w, sink=sink) for w in windows]
+    n_exact = len(exact_pieces)
+    # spread over the chunks of whole turns (a last chunk cut short by the positions is not timed)
+    full = n_exact - (n_exact > 1 and len(exact_pieces[-1]) < min_tokens)
+    timed = set(np.linspace(0, full - 1, min(points, full)).round().astype(int).tolist())
+    device = student.device
+
+    def clock() -> float:
+        _sync(device)
+        return time.perf_counter()
+
+    rows, vectors = [], []
+    with torch.inference_mode():
+        for i, piece in enumerate(pieces):
+            row: dict[str, Any] = {"chunk": i + 1}
+            if i < n_exact:
+                start = clock()
+                vector = exact.append_ids(exact_pieces[i])
+                row.update({"tokens": exact.n_tokens, "new_tokens": len(exact_pieces[i]),
+                            "append_ms": 1e3 * (clock() - start),
+                            "cache_mb": exact.cache_bytes / 2**20,
+                            "drift_previous": _cosine_distance(vector, vectors[-1]) if vectors else np.nan})
+                vectors.append(vector)
+                if i in timed:
+                    ids = torch.tensor(exact.token_ids + closing)
+                    if i == max(timed):  # the student's own recompute once: the streamed vector is its vector
+                        start = clock()
+                        row["cosine_distance_recompute"] = _cosine_distance(vector, recompute(student, ids))
+                        row["student_recompute_ms"] = 1e3 * (clock() - start)
+                    start = clock()
+                    recompute(teacher, ids)
+                    row["teacher_recompute_ms"] = 1e3 * (clock() - start)
+                    echo_in, echo_pool = _echo_ids(echo_model, torch.tensor(exact.token_ids))
+                    row["echo_recompute_ms"] = np.nan
+                    if len(echo_in) <= echo_model.max_positions:
+                        start = clock()
+                        recompute(echo_model, echo_in, echo_pool)
+                        row["echo_recompute_ms"] = 1e3 * (clock() - start)
+            if bounded:
+                outs = append_batch(bounded, [piece] * len(bounded))
+                row["window_tokens"] = bounded[0].n_tokens
+                for w, stream, out in zip(windows, bounded, outs):
+                    row[f"cache_mb_window_{w}"] = stream.cache_bytes / 2**20
+                    if i < n_exact and exact.n_tokens == stream.n_tokens:
+                        row[f"distance_window_{w}"] = _cosine_distance(out, vector)
+            rows.append(row)
+    for row, vector in zip(rows, vectors):
+        row["drift_final"] = _cosine_distance(vector, vectors[-1])
+    return rows
+
+
+def streamed_retrieval(encoder: Encoder, revision: str, profile, documents: Sequence[str], vectors: np.ndarray, *,
+                       label: str, task: str = "QMSumRetrieval") -> float:
+    """``task``'s main score (× 100, through ``mteb.evaluate``) when its documents are embedded as
+    streamed (``vectors[i]`` is ``documents[i]``'s, e.g. from :func:`stream_corpus`) and its queries
+    by ``encoder.encode`` at the profile's evaluation precision. ``label`` (what was streamed:
+    tokens read, window) joins the revision, so each setting's result is cached apart."""
+    from .evaluate import evaluate_model
+    from .models import from_encoder
+
+    profile = get_profile(profile)
+    queries = from_encoder(encoder, "C-streamed", f"{revision}-{label}", batch_size=profile.eval_batch_size,
+                           precision=profile.eval_precision)
+    lookup = {text: vector for text, vector in zip(documents, vectors)}
+
+    def encode(texts: list[str], prompt_type: str | None = None) -> np.ndarray:
+        if prompt_type == "document":
+            return np.stack([lookup[t] for t in texts])
+        return queries.encode(texts, prompt_type)
+
+    model = replace(queries, encode=encode)
+    return float(evaluate_model(model, [task], profile)["scores"][task])
 
 
 # the profiler's operator names, grouped by what an update spends its time on
@@ -593,26 +1359,38 @@ UPDATE_PARTS = {
 }
 
 
-def profile_update(encoder: Encoder, prefix: int = 4096, delta: int = 128, repeats: int = 3,
-                   seed: int = 0) -> dict[str, float]:
-    """Where one KV-cache update's time goes: milliseconds per group of operators (:data:`UPDATE_PARTS`,
-    the rest as ``other``), self CPU time under PyTorch's profiler, mean over ``repeats`` updates from
-    the same ``prefix``-token state."""
+def profile_update(encoder: Encoder, prefix: int = 4096, delta: int = 128, repeats: int = 5, seed: int = 0,
+                   attention_paths: Sequence[str] = ("transformers", "direct")) -> dict[str, dict[str, float]]:
+    """Where one KV-cache update's time goes, per attention path: ``{path: {part: ms}}``, self CPU
+    time under PyTorch's profiler per group of operators (:data:`UPDATE_PARTS`, the rest as
+    ``other``), the median over ``repeats`` updates from the same ``prefix``-token state. The paths
+    take turns update by update, so a machine's load falls on each alike; ``"transformers"`` is
+    transformers' path (``DynamicCache`` and a 4-D mask: the append before the direct path)."""
     from torch.profiler import ProfilerActivity, profile
 
-    stream = StreamingEncoder(encoder)
+    streams = {path: StreamingEncoder(encoder, attention_path=path) for path in attention_paths}
     ids = _token_stream(prefix + delta, int(encoder.backbone.config.vocab_size), seed)
+    runs: dict[str, list[dict[str, float]]] = {path: [] for path in attention_paths}
     with torch.inference_mode():
-        stream.append_ids(ids[:prefix])
-        state = stream.state
-        stream.append_ids(ids[prefix:])  # warm-up
-        totals: dict[str, float] = {}
+        states = {}
+        for path, stream in streams.items():
+            stream.append_ids(ids[:prefix])
+            states[path] = stream.state
+            stream.append_ids(ids[prefix:])  # warm-up
         for _ in range(repeats):
-            stream.load_state(state)
-            with profile(activities=[ProfilerActivity.CPU]) as prof:
-                stream.append_ids(ids[prefix:])
-            for event in prof.key_averages():
-                name = event.key.lower()
-                part = next((p for p, keys in UPDATE_PARTS.items() if any(k in name for k in keys)), "other")
-                totals[part] = totals.get(part, 0.0) + event.self_cpu_time_total / 1e3 / repeats
-    return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
+            for path, stream in streams.items():
+                stream.load_state(states[path])
+                with profile(activities=[ProfilerActivity.CPU]) as prof:
+                    stream.append_ids(ids[prefix:])
+                parts: dict[str, float] = {}
+                for event in prof.key_averages():
+                    name = event.key.lower()
+                    part = next((p for p, keys in UPDATE_PARTS.items() if any(k in name for k in keys)), "other")
+                    parts[part] = parts.get(part, 0.0) + event.self_cpu_time_total / 1e3
+                runs[path].append(parts)
+    out = {}
+    for path, per_update in runs.items():
+        names = {name for parts in per_update for name in parts}
+        medians = {name: float(np.median([parts.get(name, 0.0) for parts in per_update])) for name in names}
+        out[path] = dict(sorted(medians.items(), key=lambda kv: -kv[1]))
+    return out
