@@ -84,7 +84,7 @@ def ggsm_overhead(profile: str) -> dict:
 
 def stream_bench(prefix: int, delta: int, updates: int, batch: int, large: bool) -> dict:
     from streamdistill.profiles import get_profile
-    from streamdistill.streaming import random_benchmark_encoders, static_benchmark, stream_benchmark
+    from streamdistill.streambench import random_benchmark_encoders, static_benchmark, stream_benchmark
 
     out = {}
     positions = 2 * (prefix + delta) + 64  # Echo reads the text twice

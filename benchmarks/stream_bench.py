@@ -24,7 +24,7 @@ from streamdistill.artifacts import atomic_write_json  # noqa: E402
 from streamdistill.profiles import get_profile, parse_sets  # noqa: E402
 from streamdistill.registry import stream_encoders  # noqa: E402
 from streamdistill.report import stream_bench_text  # noqa: E402
-from streamdistill.streaming import stream_benchmark  # noqa: E402
+from streamdistill.streambench import stream_benchmark  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -163,10 +163,10 @@ def test_timings_table_checks_the_cold_budget(tmp_path):
     book.timings_path("cpu", tmp_path).write_text(json.dumps(record))
     table = book.timings_table("cpu", tmp_path)
     assert "**150.0**" in table and "| 123 / 367 |" in table
-    assert "the whole book 150 minutes, within its 180; the ablations (06_ablations) take 50 of them" in table
-    record["notebooks"]["01_a"]["seconds"] = 140 * 60.0
+    assert "the whole book 150 minutes, within its 240; the ablations (06_ablations) take 50 of them" in table
+    record["notebooks"]["01_a"]["seconds"] = 200 * 60.0
     book.timings_path("cpu", tmp_path).write_text(json.dumps(record))
-    assert "190 minutes, over its 180; the ablations (06_ablations) take 50 of them" in book.timings_table("cpu", tmp_path)
+    assert "250 minutes, over its 240; the ablations (06_ablations) take 50 of them" in book.timings_table("cpu", tmp_path)
     assert book.budget_sentence("tiny", record["notebooks"], ["01_a"]) == ""
 
 

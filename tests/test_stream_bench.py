@@ -15,9 +15,9 @@ import sys
 import pytest
 import torch
 
-from streamdistill import registry, streaming
+from streamdistill import registry, streambench, streaming
 from streamdistill.profiles import get_profile
-from streamdistill.streaming import random_benchmark_encoders, stream_benchmark, stream_sweep
+from streamdistill.streambench import random_benchmark_encoders, stream_benchmark, stream_sweep
 
 KEYS = {"prefix", "delta", "updates", "speedup_vs_teacher", "speedup_vs_echo", "speedup_vs_recompute",
         "speedups_vs_teacher", "speedups_vs_recompute", "token_ratio_limit", "max_cosine_distance",
@@ -43,7 +43,7 @@ def check_figures(result: dict, prefix: int, delta: int, updates: int) -> None:
     assert KEYS <= set(result)
     assert (result["prefix"], result["delta"], result["updates"]) == (prefix, delta, updates)
     assert result["token_ratio_limit"] == (prefix + delta) / delta
-    assert set(result["latency_ms"]) == set(streaming.METHODS)
+    assert set(result["latency_ms"]) == set(streambench.METHODS)
     assert all(v > 0 for v in result["latency_ms"].values())
     assert all(len(v) == updates for v in result["latency_ms_all"].values())
     assert 0 <= result["max_cosine_distance"] <= 1e-6 and 0 <= result["oracle_cosine_distance"] <= 1e-6
@@ -74,7 +74,7 @@ def test_growing_stream_and_seeded_ids():
     check_figures(result, 40, 8, 3)
     head_dim = PROFILE.hidden_size // PROFILE.num_heads
     assert result["cache_mb"] == pytest.approx(PROFILE.num_layers * 2 * PROFILE.num_kv_heads * head_dim * 64 * 4 / 2**20)
-    assert torch.equal(streaming._token_stream(50, 512, 0), streaming._token_stream(50, 512, 0))
+    assert torch.equal(streambench._token_stream(50, 512, 0), streambench._token_stream(50, 512, 0))
 
 
 def test_sweep_returns_one_result_per_prefix():
@@ -159,7 +159,7 @@ def test_gpu_check_script_runs_its_stream_check_as_a_cpu_dry_run(tmp_path):
 
 
 def test_many_streams_batched_equal_one_at_a_time():
-    rows = streaming.many_streams_benchmark(encoders()["student"], (1, 3), delta=8, lengths=(16, 200), rounds=2)
+    rows = streambench.many_streams_benchmark(encoders()["student"], (1, 3), delta=8, lengths=(16, 200), rounds=2)
     assert [r["batch"] for r in rows] == [1, 3]
     for r in rows:
         assert r["max_cosine_distance"] <= 1e-6 and r["streams_per_s_single"] > 0 and r["streams_per_s_batched"] > 0
@@ -168,9 +168,9 @@ def test_many_streams_batched_equal_one_at_a_time():
 
 
 def test_profile_update_groups_both_paths_operators():
-    profiled = streaming.profile_update(encoders()["student"], prefix=64, delta=16, repeats=2)
+    profiled = streambench.profile_update(encoders()["student"], prefix=64, delta=16, repeats=2)
     assert list(profiled) == ["transformers", "direct"]
     for parts in profiled.values():
-        assert set(parts) <= set(streaming.UPDATE_PARTS) | {"other"}
+        assert set(parts) <= set(streambench.UPDATE_PARTS) | {"other"}
         assert parts["attention (scaled dot product)"] > 0 and parts["linear layers (matmul)"] > 0
         assert list(parts.values()) == sorted(parts.values(), reverse=True)

@@ -255,7 +255,7 @@ def test_bad_input_is_rejected():
 
 # --------------------------------------------------------------------------- the attention path
 
-from streamdistill import streaming  # noqa: E402
+from streamdistill import streambench, streaming  # noqa: E402
 from streamdistill.streaming import KVCache, StaticBatch, append_batch, recompute, run_backbone  # noqa: E402
 
 
@@ -297,7 +297,7 @@ def test_direct_recompute_equals_transformers_forward(attention, pooling):
 def test_echo_recompute_pools_the_second_copy():
     enc = gqa_encoder("causal", "echo")
     ids = random_ids(12, seed=9)
-    echo_in, pool = streaming._echo_ids(enc, torch.tensor(ids))
+    echo_in, pool = streambench._echo_ids(enc, torch.tensor(ids))
     text = tokenizer().decode(ids)
     batch = enc.tokenize([text])
     if batch["input_ids"][0].tolist() == echo_in.tolist():  # the text re-tokenizes to the same ids
@@ -497,24 +497,24 @@ def test_turn_chunks_keep_whole_turns_and_cut_at_the_limit():
     tok = tokenizer()
     text = "a: the cat\nb: sat on the mat\n\nc: dog ran\n"
     turns = [tok(t, add_special_tokens=False)["input_ids"] for t in ("a: the cat\n", "b: sat on the mat\n", "c: dog ran\n")]
-    assert streaming.turn_chunks(tok, text, min_tokens=1) == turns
-    assert streaming.turn_chunks(tok, text, min_tokens=len(turns[0]) + 1) == [turns[0] + turns[1], turns[2]]
-    assert streaming.turn_chunks(tok, text, min_tokens=1, limit=len(turns[0]) + 2) == [turns[0], turns[1][:2]]
-    assert streaming._cut_at([[1, 2, 3], [4, 5, 6, 7]], [2, 5, 99]) == [([1, 2], 2), ([3], None), ([4, 5], 5),
+    assert streambench.turn_chunks(tok, text, min_tokens=1) == turns
+    assert streambench.turn_chunks(tok, text, min_tokens=len(turns[0]) + 1) == [turns[0] + turns[1], turns[2]]
+    assert streambench.turn_chunks(tok, text, min_tokens=1, limit=len(turns[0]) + 2) == [turns[0], turns[1][:2]]
+    assert streambench._cut_at([[1, 2, 3], [4, 5, 6, 7]], [2, 5, 99]) == [([1, 2], 2), ([3], None), ([4, 5], 5),
                                                                         ([6, 7], None)]
 
 
 def test_stream_corpus_gives_each_checkpoint_from_one_pass():
     enc = gqa_encoder()
     texts = ["a: the cat sat on the mat\nb: a dog ran in the park\n" * 3, "c: causal students read\n"]
-    out = streaming.stream_corpus(enc, texts, [8, 20], min_tokens=5, batch=2)
+    out = streambench.stream_corpus(enc, texts, [8, 20], min_tokens=5, batch=2)
     for i, text in enumerate(texts):
-        ids = [t for chunk in streaming.turn_chunks(tokenizer(), text, 5) for t in chunk]
+        ids = [t for chunk in streambench.turn_chunks(tokenizer(), text, 5) for t in chunk]
         stream = StreamingEncoder(enc)
         for c in (8, 20):
             expected = stream.full_embedding(ids[:c])
             assert cosine_distance(out[c][i], expected) <= 1e-6
-    windowed = streaming.stream_corpus(enc, texts, [20], min_tokens=5, batch=2, window=6, sink=2)
+    windowed = streambench.stream_corpus(enc, texts, [20], min_tokens=5, batch=2, window=6, sink=2)
     assert cosine_distance(windowed[20][0], out[20][0]) > 1e-6  # evicted: an approximation
     assert cosine_distance(windowed[20][1], out[20][1]) <= 1e-6  # shorter than the window: exact
 
@@ -523,7 +523,7 @@ def test_conversation_replay_times_recomputes_and_measures_drift():
     enc = gqa_encoder()
     teacher, echo = gqa_encoder("bidirectional"), gqa_encoder("causal", "echo")
     text = "".join(f"speaker {i % 3}: the cat sat\n" for i in range(40))
-    rows = streaming.conversation_replay(enc, teacher, echo, text, min_tokens=6, points=3, windows=(8,), sink=2)
+    rows = streambench.conversation_replay(enc, teacher, echo, text, min_tokens=6, points=3, windows=(8,), sink=2)
     exact = [r for r in rows if "append_ms" in r]
     timed = [r for r in exact if "teacher_recompute_ms" in r]
     assert len(timed) == 3 and exact[-1]["tokens"] <= MAX_POSITIONS

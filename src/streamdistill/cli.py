@@ -99,7 +99,7 @@ def cmd_gap_closure(args) -> dict:
 def cmd_stream_bench(args) -> dict:
     from .registry import stream_encoders
     from .report import stream_bench_text
-    from .streaming import stream_benchmark
+    from .streambench import stream_benchmark
 
     profile = get_profile(args.profile, parse_sets(args.set))
     # None means "the profile's value"; 0 or a negative number reaches stream_benchmark's check

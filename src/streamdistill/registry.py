@@ -29,7 +29,7 @@ from .ggsm import VARIANTS
 from .models import MINILM, EmbeddingModel, ModelError, folder_kind, from_encoder, load_folder, load_hub, \
     load_sentence_transformer, minilm_path, weights_revision
 from .profiles import Profile
-from .streaming import random_benchmark_encoders
+from .streambench import random_benchmark_encoders
 
 STREAM_WEIGHTS_ENV = "STREAMDISTILL_STREAM_WEIGHTS"  # "random" skips the pipeline (latency needs no training)
 
