@@ -77,3 +77,21 @@ def precision_choice() -> dict:
     return {**out, **speed, "bf16_over_fp32": round(ratio, 2), "precision": chosen,
             "reason": f"native bf16 ({', '.join(flags)}), measured {ratio:.1f}x the float32 matmul rate "
                       f"({'at least' if chosen == 'bfloat16' else 'below'} {BF16_MIN_SPEEDUP}x)"}
+
+
+def timed_rounds(runs: dict, repeats: int = 3) -> dict[str, list[float]]:
+    """Seconds of each ``runs[name]()`` (a call with no arguments), measured side by side.
+
+    Each runs once untimed (one-off costs), then ``repeats`` rounds call every one in turn, so a
+    slow moment of a shared machine falls on all of them alike rather than on one; returns every
+    round's seconds per name (callers take the best, or pair the rounds into ratios).
+    """
+    for run in runs.values():
+        run()
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            started = time.perf_counter()
+            run()
+            seconds[name].append(time.perf_counter() - started)
+    return seconds

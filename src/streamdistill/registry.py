@@ -26,8 +26,8 @@ from .data import hub_available
 from .decoders import BaseModel
 from .encoder import POOLINGS, Encoder, inference_device
 from .ggsm import VARIANTS
-from .models import MINILM, EmbeddingModel, ModelError, folder_kind, from_encoder, load_folder, load_hub, \
-    load_sentence_transformer, minilm_path, weights_revision
+from .models import OFFLINE_MODELS, EmbeddingModel, ModelError, folder_kind, from_encoder, load_folder, \
+    load_hub, load_public, weights_revision
 from .profiles import Profile, get_profile
 from .streaming import random_benchmark_encoders
 
@@ -98,7 +98,7 @@ STAGES: dict[str, Stage] = {
     "teacher-embeddings": Stage(_teacher_embeddings, contrastive.VERSIONS["teacher-embeddings"],
                                 "B's embeddings of the pairs C reads"),
     "student": Stage(_student, contrastive.VERSIONS["student"], "C: causal, InfoNCE + λ·MSE to B"),
-    "leaf": Stage(_leaf, leaf.VERSION, "the LEAF student (L2 to all-MiniLM-L6-v2)"),
+    "leaf": Stage(_leaf, leaf.VERSION, "the LEAF student: all-MiniLM-L6-v2 + Dense, L2 to the profile's leaf_teacher"),
 }
 VERSIONS = {name: stage.version for name, stage in STAGES.items()}
 STAGE_SETTINGS = tuple(sorted({s for stage in STAGES.values() for s in stage.settings}))
@@ -203,7 +203,7 @@ def _embedding_model(encoder: Encoder, folder: Path, name: str, profile: Profile
 
 
 def model_names() -> list[str]:
-    return [MINILM, *MODELS]
+    return [*OFFLINE_MODELS, *MODELS]
 
 
 def resolve_model(name: str, profile: Profile | str | None = None, sets: dict[str, str] | None = None) -> EmbeddingModel:
@@ -228,10 +228,11 @@ def resolve_model(name: str, profile: Profile | str | None = None, sets: dict[st
         return _embedding_model(encoder, folder, f"streamdistill/{profile.name}-{label}", profile)
     if variant is not None:
         raise ValueError("variant= only applies to stage names (B, B-hard, ...)")
-    if name in {MINILM, "all-MiniLM-L6-v2"}:
+    public = next((full for full in OFFLINE_MODELS if name in {full, full.split("/")[-1]}), None)
+    if public is not None:
         if pooling:
             raise ValueError(f"pooling= applies to stage names and streamdistill encoder folders, not {name!r}")
-        return load_sentence_transformer(minilm_path(), name=MINILM)
+        return load_public(public)
     path = Path(name).expanduser()
     if path.is_dir():
         if pooling:
@@ -246,7 +247,7 @@ def resolve_model(name: str, profile: Profile | str | None = None, sets: dict[st
                          f"folder, not {name!r}")
     if hub_available() and "/" in name:
         return load_hub(name)
-    raise ModelError(f"unknown model {name!r}; available offline: {MINILM}, a model folder, "
+    raise ModelError(f"unknown model {name!r}; available offline: {', '.join(OFFLINE_MODELS)}, a model folder, "
                      f"or a stage name ({', '.join(MODELS)})")
 
 
