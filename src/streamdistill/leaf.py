@@ -222,9 +222,11 @@ class CausalStudent:
 
     def __init__(self, profile: Profile, dim: int, base: BaseModel):
         backbone, tokenizer = base.load()
+        with torch.random.fork_rng(devices=[]):  # the same start in every process (ridge_head then refits it)
+            torch.manual_seed(0)
+            projection = nn.Linear(int(backbone.config.hidden_size), dim)
         self.model = Encoder(no_dropout(backbone), tokenizer, attention="causal", pooling="mean",
-                             projection=nn.Linear(int(backbone.config.hidden_size), dim), normalize=True,
-                             max_length=profile.leaf_max_length)
+                             projection=projection, normalize=True, max_length=profile.leaf_max_length)
         self.max_length = profile.leaf_max_length
 
     @property

@@ -48,7 +48,7 @@ from .models import (
     weights_revision,
 )
 from .profiles import Profile
-from .report import slice_mean
+from .report import kept_share, slice_mean
 from .stats import paired_difference
 from .tasks import get_task, task_list, task_type
 
@@ -280,13 +280,13 @@ def rotation_experiment(profile: Profile, run: dict[str, Any], task: str = "SciF
 def kept_at(rot: dict[str, Any], name: str, rotation: str, dim: int) -> float:
     """% of its full-width score ``name`` keeps at ``dim`` dimensions in ``rotation``."""
     curve = rot["curves"][name][rotation]
-    return 100.0 * curve[dim] / curve[max(curve)]
+    return kept_share(curve, curve[max(curve)])[dim]
 
 
 def binary_kept(rot: dict[str, Any], name: str, rotation: str) -> float:
     """% of its float32 score ``name`` keeps in binary in ``rotation``."""
     row = rot["quantization"][name][rotation]
-    return 100.0 * row["binary"] / row["float32"]
+    return kept_share(row, row["float32"])["binary"]
 
 
 def curves_frame(rot: dict[str, Any]):
