@@ -26,8 +26,8 @@ def test_two_processes_read_disjoint_slices_and_equal_accumulation(tmp_path):
     two, one = tmp_path / "two", tmp_path / "one"
     two.mkdir(), one.mkdir()
     # the checkout's own package, whichever one the environment installed
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(HERE.parent / "src")]),
-           "CUDA_VISIBLE_DEVICES": ""}
+    paths = os.pathsep.join([str(HERE.parent), str(HERE.parent / "src")])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": paths, "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run([str(launch), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "tests.leaf_two_processes",
                            str(two), "1"], capture_output=True, text=True, env=env, cwd=HERE.parent, timeout=600)

@@ -289,14 +289,26 @@ def ridge(x: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray, np.nd
     return w, my - mx @ w
 
 
-def ridge_head(student, texts: Sequence[str], targets: np.ndarray, holdout: float = 0.1) -> dict[str, float]:
+# The untrained student's pooled features of the training texts, per (start, texts): every seed, the
+# control and a rotated student start from the same backbone, so one process computes them once
+_start_features: dict[tuple, np.ndarray] = {}
+
+
+def ridge_head(student, texts: Sequence[str], targets: np.ndarray, holdout: float = 0.1,
+               start: tuple | None = None) -> dict[str, float]:
     """Set ``student.head`` to the ridge least-squares map from its pooled features to ``targets``.
 
     The strength is the one of :data:`RIDGE_ALPHAS` with the highest mean cosine on the last
     ``holdout`` share of ``texts`` (training texts the fit did not see); the head is then refitted
-    on all of them. Returns the chosen strength and its held-out cosine.
+    on all of them. Returns the chosen strength and its held-out cosine. ``start`` names the
+    untrained backbone, so that its features are computed once per process.
     """
-    x = _batches(student, texts, student.pooled)
+    key = None if start is None else (start, texts_hash(texts))
+    x = _start_features.get(key) if key is not None else None
+    if x is None:
+        x = _batches(student, texts, student.pooled)
+        if key is not None:
+            _start_features[key] = x
     y = np.asarray(targets, dtype=np.float64)
     cut = len(x) - max(1, int(holdout * len(x)))
     scores = {}
@@ -385,7 +397,8 @@ def train_leaf_student(profile: Profile, kind: str = "minilm", *, rotation: np.n
     ``leaf_steps`` steps (0: the control, the head alone). ``rotation`` distils the teacher's
     space turned by that orthogonal matrix (stored as ``rotation.npy``). ``kind`` is ``"minilm"``
     (loads with ``SentenceTransformer(folder)``) or ``"causal"`` (``Encoder.load(folder)``; needs
-    ``base``, the decoder it starts from; it trains ``leaf_causal_steps``). The summary in ``DONE.json`` holds the head's strength,
+    ``base``, the decoder it starts from; it trains ``leaf_causal_steps``). The summary in ``DONE.json``
+    holds the head's strength,
     the held-out cosine before and after training, the loss curve's ends and the seconds.
     """
     if kind not in KINDS:
@@ -409,10 +422,13 @@ def train_leaf_student(profile: Profile, kind: str = "minilm", *, rotation: np.n
               "rotation": None if rotation is None else hashlib.sha256(rotation.tobytes()).hexdigest()[:12],
               "base": base.identity if kind == "causal" else None}
 
+    start = (kind, profile.leaf_student_layers, profile.leaf_max_length) if kind == "minilm" else None
+
     def build(tmp: Path) -> dict:
-        student = MiniLMStudent(profile, targets.shape[1]) if kind == "minilm" else CausalStudent(profile, targets.shape[1], base)
+        dim = targets.shape[1]
+        student = MiniLMStudent(profile, dim) if kind == "minilm" else CausalStudent(profile, dim, base)
         summary: dict[str, Any] = {"kind": kind, "steps": profile.leaf_steps, "n_texts": len(texts),
-                                   **ridge_head(student, texts, targets)}
+                                   **ridge_head(student, texts, targets, start=start)}
         summary["heldout_cosine_start"] = heldout_cosine(student, student.model, held, held_targets)
         history: list[dict] = []
         if profile.leaf_steps:

@@ -116,7 +116,8 @@ def memo_alignment(student: EmbeddingModel, teacher: EmbeddingModel) -> dict[str
     for kind in ("query", "document", None):
         shared = [key for key in ours if key[1] == kind and key in theirs]
         if shared:
-            out[str(kind)] = leaf.mean_cosine(np.stack([ours[k] for k in shared]), np.stack([theirs[k] for k in shared]))
+            out[str(kind)] = leaf.mean_cosine(np.stack([ours[k] for k in shared]),
+                                              np.stack([theirs[k] for k in shared]))
     return out
 
 
@@ -138,7 +139,8 @@ def asymmetric_scores(student_model: EmbeddingModel, teacher_model: EmbeddingMod
     """
     tasks = task_list(tasks)
     retrieval = [t for t in tasks if task_type(t) == "Retrieval"]
-    pair = asymmetric(student_model, teacher_model, name=f"{_short(student_model.name)}-q_{_short(teacher_model.name)}-d")
+    pair = asymmetric(student_model, teacher_model,
+                      name=f"{_short(student_model.name)}-q_{_short(teacher_model.name)}-d")
     models = {"teacher": (teacher_model, tasks), "student": (student_model, tasks), "asymmetric": (pair, retrieval)}
     scores = {key: evaluate_model(model, names, profile)["scores"] if names else {}
               for key, (model, names) in models.items()}
@@ -250,7 +252,8 @@ def rotation_experiment(profile: Profile, run: dict[str, Any], task: str = "SciF
     vectors of the training texts) and binary.
     """
     texts, held = leaf.leaf_texts(profile)
-    targets = np.asarray(leaf.teacher_targets(leaf.load_teacher(profile), texts + held, progress=progress))[: len(texts)]
+    targets = leaf.teacher_targets(leaf.load_teacher(profile), texts + held, progress=progress)
+    targets = np.asarray(targets[: len(texts)])
     dim = targets.shape[1]
     rotations = {"PCA": leaf.pca_rotation(targets), "random": leaf.random_rotation(dim, seed=0)}
     dims = sorted({int(d) for d in profile.leaf_dims if d <= dim})
@@ -264,8 +267,8 @@ def rotation_experiment(profile: Profile, run: dict[str, Any], task: str = "SciF
         own = np.asarray(model.encode(calibration, "document")) if name != "teacher" else targets[: len(calibration)]
         for label, matrix in rotations.items():
             turned = rotated(model, matrix, label.lower())
-            curves.setdefault(name, {})[label] = {d: evaluate_model(truncate(turned, d), [task], profile)["scores"][task]
-                                                  for d in dims}
+            curves.setdefault(name, {})[label] = {
+                d: evaluate_model(truncate(turned, d), [task], profile)["scores"][task] for d in dims}
             variants = {"float32": turned, "int8": quantized(turned, int8_quantizer(own @ matrix)),
                         "binary": binarized(turned)}
             quant.setdefault(name, {})[label] = {p: evaluate_model(m, [task], profile)["scores"][task]
@@ -312,7 +315,8 @@ def quantization_frame(rot: dict[str, Any]):
         for label, row in rot["quantization"][name].items():
             rows[f"{name} ({label})"] = row
     for label in ("PCA", "random"):
-        rows[f"student ({label})"] = pd.DataFrame([rot["quantization"][s][label] for s in rot["seeds"]]).mean().to_dict()
+        seeds = pd.DataFrame([rot["quantization"][s][label] for s in rot["seeds"]])
+        rows[f"student ({label})"] = seeds.mean().to_dict()
     return pd.DataFrame(rows).T
 
 

@@ -6,7 +6,7 @@ given; this module knows what each stage builds on and passes it in::
     pretrained ──> base ──┬──> causal (A)
                           ├──> teacher (B, hard, linear) ──> teacher-embeddings ──┐
                           └────────────────────────────────────────────> student (C)
-                          (leaf: the LEAF student; its causal kind starts from base)
+                          (leaf: the LEAF student of the profile's leaf_teacher; its causal extension starts from base)
 
 :data:`STAGES` and :data:`MODELS` are the only lists of stages and model names; the CLI's help,
 the versions, the gap-closure models and the streaming models are all derived from them.
