@@ -350,3 +350,21 @@ def test_in_precision_runs_under_bf16_autocast_and_names_it(minilm):
     assert 0.99 < cos < 1.0  # bf16's rounding, and only that
     with pytest.raises(ValueError, match="precision"):
         models.in_precision(minilm, "float16")
+
+
+def test_loss_ends_average_the_first_and_last_tenth_of_the_steps():
+    from streamdistill.train import loss_ends
+
+    history = [{"loss": float(x)} for x in range(20)]
+    assert loss_ends(history) == {"first_loss": 0.5, "last_loss": 18.5}
+    assert loss_ends(history[:3]) == {"first_loss": 0.0, "last_loss": 2.0}
+    assert all(np.isnan(v) for v in loss_ends([]).values())
+
+
+def test_timed_rounds_calls_each_run_once_untimed_then_in_turn():
+    from streamdistill.hardware import timed_rounds
+
+    order = []
+    seconds = timed_rounds({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, repeats=2)
+    assert order == ["a", "b", "a", "b", "a", "b"]
+    assert [len(v) for v in seconds.values()] == [2, 2] and all(s >= 0 for v in seconds.values() for s in v)
