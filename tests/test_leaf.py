@@ -80,23 +80,23 @@ def test_chunks_resume_after_an_interruption_and_refuse_other_texts(tmp_path):
         leaf.encode_in_chunks(_model(enc), texts[:5], folder, chunk_size=8, progress=False)
 
 
-def test_teacher_targets_are_a_hashed_artifact_encoded_once():
+def test_cached_vectors_are_a_hashed_artifact_encoded_once():
     texts = ["alpha beta", "gamma", "delta epsilon zeta"]
     enc = HashEncoder(8)
-    first = leaf.teacher_targets(_model(enc, revision="t-once"), texts, progress=False)
+    first = leaf.cached_vectors(_model(enc, revision="t-once"), texts, progress=False)
     assert isinstance(first, np.memmap) and first.shape == (3, 8)
     again = HashEncoder(8)
-    np.testing.assert_array_equal(leaf.teacher_targets(_model(again, revision="t-once"), texts, progress=False), first)
+    np.testing.assert_array_equal(leaf.cached_vectors(_model(again, revision="t-once"), texts, progress=False), first)
     assert again.calls == []  # read from the artifact
     folder = Path(first.filename).parent
     assert read_done(folder)["files"][leaf.EMBEDDINGS]  # its SHA-256 is recorded
-    other = leaf.teacher_targets(_model(HashEncoder(8), revision="t-other"), texts, progress=False)
+    other = leaf.cached_vectors(_model(HashEncoder(8), revision="t-other"), texts, progress=False)
     assert Path(other.filename).parent != folder  # another teacher, another artifact
     del first
     raw = (folder / leaf.EMBEDDINGS).read_bytes()
     (folder / leaf.EMBEDDINGS).write_bytes(raw[:-4] + b"\x00\x00\x80\x7f")  # one value changed
     with pytest.raises(ArtifactError, match="corrupt artifact file"):
-        leaf.teacher_targets(_model(HashEncoder(8), revision="t-once"), texts, progress=False)
+        leaf.cached_vectors(_model(HashEncoder(8), revision="t-once"), texts, progress=False)
 
 
 def test_texts_hash_tells_lists_apart():

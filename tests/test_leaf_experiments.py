@@ -31,18 +31,22 @@ TINY = get_profile("tiny")
     ([0.50, 0.99, 0.70], 0.70, 0.9, R.NOT_RESOLVED, "holds both 0.70 and the paper's 0.90"),
 ])
 def test_leaf_seeds_claim_judges_the_seeds_mean_between_the_control_and_the_goal(values, null, paper, verdict, words):
-    got, sentence, numbers = R.leaf_seeds_claim(values, "alignment", paper=paper, null=null)
+    got, sentence, numbers = R.leaf_seeds_claim(values, "alignment", paper=paper, null=null, control=null)
     assert got == verdict and words in sentence and "the control's 0.70" in sentence
     half = 4.302652729911275 * np.std(values, ddof=1) / np.sqrt(3)  # t(0.975, 2 dof)
     assert numbers == pytest.approx({"value": np.mean(values), "low": np.mean(values) - half,
                                      "high": np.mean(values) + half})
 
 
-def test_leaf_seeds_claim_points_from_the_control_toward_the_goal_either_way():
-    # a control above the goal (the student should come down to the teacher's level, 0)
-    assert R.leaf_seeds_claim([0.1, -0.1, 0.2], "kept", paper=0.0, null=5.0)[0] == R.HOLDS
-    assert R.leaf_seeds_claim([0.5, 0.4, 0.6], "kept", paper=0.0, null=5.0)[0] == R.DOES_NOT_HOLD  # short of 0
-    assert R.leaf_seeds_claim([4.9, 5.1, 5.0], "kept", paper=0.0, null=5.0)[0] == R.DOES_NOT_HOLD
+def test_leaf_seeds_claim_as_a_bound_and_downward():
+    # a bound (figure = null): holds only when the whole interval is on the good side of it
+    assert R.leaf_seeds_claim([0.5, 0.4, 0.6], "kept", paper=0.0, null=0.0)[0] == R.HOLDS
+    assert R.leaf_seeds_claim([0.1, -0.1, 0.2], "kept", paper=0.0, null=0.0)[0] == R.NOT_RESOLVED
+    assert R.leaf_seeds_claim([-0.5, -0.4, -0.6], "kept", paper=0.0, null=0.0)[0] == R.DOES_NOT_HOLD
+    assert "the control" not in R.leaf_seeds_claim([0.5, 0.4, 0.6], "kept", paper=0.0, null=0.0)[1]
+    # a claim downward from its null
+    assert R.leaf_seeds_claim([0.1, -0.1, 0.2], "loss", paper=0.0, null=5.0, higher_is_better=False)[0] == R.HOLDS
+    assert R.leaf_seeds_claim([4.9, 5.1, 5.0], "loss", paper=0.0, null=5.0, higher_is_better=False)[0] == R.DOES_NOT_HOLD
 
 
 def test_all_of():
@@ -108,6 +112,7 @@ def test_memo_alignment_compares_the_texts_both_models_encoded_per_prompt_type()
     for model in (student, teacher):
         model.encode(["one query", "two"], "query")
         model.encode(["a document"], "document")
+        model.encode(["a sentence of a symmetric task"], None)  # not a retrieval text: not compared
     student.encode(["only the student read this"], "document")
     assert X.memo_alignment(student, teacher) == pytest.approx({"query": 1.0, "document": -1.0})
 
@@ -177,3 +182,16 @@ def test_mpnet_resolves_offline_checked_and_evaluates_through_the_cli(tmp_path):
     result = json.loads(out.read_text())
     assert result["model"] == models.MPNET and result["revision"] == models.weights_revision(folder)
     assert 60.0 < result["scores"]["STSBenchmark"] <= 100.0  # 64 sampled pairs of a model scoring 83.42 in full
+
+
+def test_rotation_gain_claim_has_nothing_to_test_without_a_teacher_gain():
+    verdict, sentence, _ = R.rotation_gain_claim([5.0, 6.0, 5.5], -13.8, 32)
+    assert verdict == R.NOT_RESOLVED and "nothing for a student to carry" in sentence
+
+
+def test_the_ordering_width_is_where_pca_buys_the_teacher_most():
+    curve = lambda *ys: dict(zip((32, 64, 128, 768), ys))  # noqa: E731
+    rot = {"dims": [32, 64, 128, 768],
+           "curves": {"teacher": {"PCA": curve(30.0, 50.0, 58.0, 60.0), "random": curve(40.0, 48.0, 55.0, 60.0)}}}
+    assert X.ordering_gain(rot, "teacher", 32) == pytest.approx(-100 / 6)
+    assert X.ordering_width(rot) == 128  # +5 points of the full score there, +3.3 at 64

@@ -9,8 +9,8 @@ The pieces, one job per function:
 
 * :func:`load_teacher` - the profile's teacher (``leaf_teacher``: all-mpnet-base-v2 offline; the
   tiny profile's all-MiniLM-L6-v2) reading ``leaf_max_length`` tokens under the eval precision;
-* :func:`teacher_targets` - the teacher's vectors of a list of texts: a cached artifact whose file
-  is hashed, built chunk by chunk, so an interrupted build resumes at its first missing chunk;
+* :func:`cached_vectors` - a model's vectors of a list of texts (the teacher's targets): a cached
+  artifact whose file is hashed, built chunk by chunk, so an interrupted build resumes;
 * :class:`MiniLMStudent` - the paper's student: all-MiniLM-L6-v2 (its first ``leaf_student_layers``
   layers), mean pooling, ``Dense(384 -> teacher width)``, ``Normalize``: a SentenceTransformer of
   plain modules; :class:`CausalStudent` - the book's extension: the causal ``Encoder`` on the base
@@ -118,20 +118,21 @@ def encode_in_chunks(model: EmbeddingModel, texts: Sequence[str], folder: str | 
     return np.concatenate([np.load(folder / f"chunk-{i:06d}.npy") for i in range(len(starts))])
 
 
-def teacher_targets(teacher: EmbeddingModel, texts: Sequence[str], *, progress: bool = True) -> np.ndarray:
-    """The teacher's vectors of ``texts`` as a read-only memory map, (N, D) float32.
+def cached_vectors(model: EmbeddingModel, texts: Sequence[str], *, progress: bool = True) -> np.ndarray:
+    """``model``'s vectors of ``texts`` as a read-only memory map, (N, D) float32: the teacher's
+    targets, or any LEAF model's vectors of the texts it is scored on.
 
-    A cached artifact (``<artifacts>/leaf-targets/<hash of the teacher's name and revision and the
+    A cached artifact (``<artifacts>/leaf-targets/<hash of the model's name and revision and the
     texts>/embeddings.npy``) whose SHA-256 ``DONE.json`` records and every later use checks; built by
     :func:`encode_in_chunks` in the stage's checkpoint folder, so an interrupted build resumes.
     """
     texts = list(texts)
     if not texts:
         raise ValueError("no texts to embed")
-    config = {"teacher": teacher.name, "revision": teacher.revision, "texts": texts_hash(texts), "n_texts": len(texts)}
+    config = {"teacher": model.name, "revision": model.revision, "texts": texts_hash(texts), "n_texts": len(texts)}
 
     def build(tmp: Path) -> dict:
-        vectors = encode_in_chunks(teacher, texts, checkpoint_dir(TARGETS_STAGE, config), progress=progress)
+        vectors = encode_in_chunks(model, texts, checkpoint_dir(TARGETS_STAGE, config), progress=progress)
         np.save(tmp / EMBEDDINGS, vectors)
         return {"n_texts": len(texts), "dim": int(vectors.shape[1])}
 
@@ -392,7 +393,7 @@ def train_leaf_student(profile: Profile, kind: str = "minilm", *, rotation: np.n
                        base: BaseModel | None = None, progress: bool = True) -> Path:
     """Train (or fetch from the cache) the profile's LEAF student; returns its folder.
 
-    The teacher (:func:`load_teacher`) embeds the profile's texts once (:func:`teacher_targets`);
+    The teacher (:func:`load_teacher`) embeds the profile's texts once (:func:`cached_vectors`);
     the student's head starts at :func:`ridge_head` and the whole student then trains for
     ``leaf_steps`` steps (0: the control, the head alone). ``rotation`` distils the teacher's
     space turned by that orthogonal matrix (stored as ``rotation.npy``). ``kind`` is ``"minilm"``
@@ -409,7 +410,7 @@ def train_leaf_student(profile: Profile, kind: str = "minilm", *, rotation: np.n
         profile = replace(profile, leaf_steps=profile.leaf_causal_steps)
     teacher = load_teacher(profile)
     texts, held = leaf_texts(profile)
-    targets = teacher_targets(teacher, texts + held, progress=progress)
+    targets = cached_vectors(teacher, texts + held, progress=progress)
     targets, held_targets = targets[: len(texts)], targets[len(texts):]
     if rotation is not None:
         rotation = np.asarray(rotation, dtype=np.float32)

@@ -10,10 +10,10 @@ book's one rule (:mod:`streamdistill.report`).
     speed = X.throughput_experiment(profile)    # texts/s of teacher and student, side by side
 
 Every model reads ``leaf_max_length`` tokens under the profile's eval precision, the length and
-precision of the teacher's targets. Each model is memoized, so a corpus is encoded once per model
-for its own scores, the asymmetric pair's and every rotated, truncated or quantized variant; the
-teacher's SciFact vectors are moreover a cached artifact (``leaf.teacher_targets``), so a later run
-reads them from disk.
+precision of the teacher's targets. Each model is memoized and its SciFact vectors are a cached
+artifact (``leaf.cached_vectors``): a corpus is encoded once per model, for its own scores, the
+asymmetric pair's, its alignment and every rotated, truncated or quantized variant, and a later run
+reads it from disk.
 """
 
 from __future__ import annotations
@@ -67,20 +67,26 @@ def retrieval_texts(task: str, profile: Profile) -> dict[str, list[str]]:
     return {"query": list(split["queries"]["text"]), "document": documents}
 
 
-def teacher_view(profile: Profile, progress: bool = True) -> EmbeddingModel:
-    """The teacher as LEAF scores it, its retrieval tasks' queries and documents read from (or first
-    written to) the cached artifact of :func:`leaf.teacher_targets`: encoded once for every arm."""
-    teacher = leaf.load_teacher(profile)
-    view = memoized(teacher)
+def preloaded(model: EmbeddingModel, profile: Profile, progress: bool = True) -> EmbeddingModel:
+    """``model`` memoized, with the queries and documents of its retrieval tasks (``leaf_tasks``) read
+    from (or first written to) a cached artifact of its vectors (:func:`leaf.cached_vectors`): each
+    is encoded once, for every arm that reads it and for the alignment, and a later run reads it
+    from disk even where mteb's cache answers the scores."""
+    view = memoized(model)
     for task in profile.leaf_tasks:
         if task_type(task) != "Retrieval":
             continue
         texts = retrieval_texts(task, profile)
         flat = texts["query"] + texts["document"]
-        vectors = leaf.teacher_targets(teacher, flat, progress=progress)
+        vectors = leaf.cached_vectors(model, flat, progress=progress)
         kinds = ["query"] * len(texts["query"]) + ["document"] * len(texts["document"])
         view.extra["memo"].update(((t, k), np.asarray(v)) for t, k, v in zip(flat, kinds, vectors))
     return view
+
+
+def teacher_view(profile: Profile, progress: bool = True) -> EmbeddingModel:
+    """The teacher as LEAF scores it (:func:`preloaded`)."""
+    return preloaded(leaf.load_teacher(profile), profile, progress)
 
 
 def student_model(folder: Path, profile: Profile, name: str) -> EmbeddingModel:
@@ -92,9 +98,9 @@ def student_model(folder: Path, profile: Profile, name: str) -> EmbeddingModel:
     return in_precision(at_length(load_folder(folder, name=name), profile.leaf_max_length), profile.eval_precision)
 
 
-def student_view(folder: Path, profile: Profile, label: str) -> EmbeddingModel:
-    """A trained student folder as LEAF scores it (memoized), named ``streamdistill/leaf-<label>``."""
-    return memoized(student_model(folder, profile, f"streamdistill/leaf-{label}"))
+def student_view(folder: Path, profile: Profile, label: str, progress: bool = True) -> EmbeddingModel:
+    """A trained student folder as LEAF scores it (:func:`preloaded`), named ``streamdistill/leaf-<label>``."""
+    return preloaded(student_model(folder, profile, f"streamdistill/leaf-{label}"), profile, progress)
 
 
 def students(profile: Profile, progress: bool = True) -> dict[str, Path]:
@@ -109,11 +115,11 @@ def students(profile: Profile, progress: bool = True) -> dict[str, Path]:
 
 
 def memo_alignment(student: EmbeddingModel, teacher: EmbeddingModel) -> dict[str, float]:
-    """Mean cosine of two memoized models over every text both encoded, per prompt type
-    (``query``, ``document``, and ``None`` for symmetric tasks' texts)."""
+    """Mean cosine of two memoized models over every text both hold, per prompt type (``query`` and
+    ``document``: the retrieval tasks' texts :func:`preloaded` holds)."""
     ours, theirs = student.extra["memo"], teacher.extra["memo"]
     out = {}
-    for kind in ("query", "document", None):
+    for kind in ("query", "document"):
         shared = [key for key in ours if key[1] == kind and key in theirs]
         if shared:
             out[str(kind)] = leaf.mean_cosine(np.stack([ours[k] for k in shared]),
@@ -166,7 +172,7 @@ def retention_experiment(profile: Profile, progress: bool = True) -> dict[str, A
     tasks = list(profile.leaf_tasks)
     runs, views = {}, {"teacher": teacher}
     for label, folder in folders.items():
-        view = student_view(folder, profile, f"{profile.name}-{label.replace(' ', '')}-{folder.name[:8]}")
+        view = student_view(folder, profile, f"{profile.name}-{label.replace(' ', '')}-{folder.name[:8]}", progress)
         views[label] = view
         result = asymmetric_scores(view, teacher, tasks, profile)
         summary = read_done(folder)["summary"]
@@ -230,7 +236,7 @@ def causal_experiment(profile: Profile, base, teacher: EmbeddingModel, task: str
     """The causal student (the book's extension, on the ``base`` decoder) distilled from the same
     targets: its folder, its training summary and its queries' score against the teacher's documents."""
     folder = leaf.train_leaf_student(profile, "causal", base=base, progress=progress)
-    view = student_view(folder, profile, f"{profile.name}-causal-{folder.name[:8]}")
+    view = student_view(folder, profile, f"{profile.name}-causal-{folder.name[:8]}", progress)
     pair = asymmetric(view, teacher, name=f"leaf-{profile.name}-causal-{folder.name[:8]}-q_{_short(teacher.name)}-d")
     return {"folder": folder, "summary": read_done(folder)["summary"],
             "asymmetric": evaluate_model(pair, [task], profile)["scores"][task]}
@@ -252,7 +258,7 @@ def rotation_experiment(profile: Profile, run: dict[str, Any], task: str = "SciF
     vectors of the training texts) and binary.
     """
     texts, held = leaf.leaf_texts(profile)
-    targets = leaf.teacher_targets(leaf.load_teacher(profile), texts + held, progress=progress)
+    targets = leaf.cached_vectors(leaf.load_teacher(profile), texts + held, progress=progress)
     targets = np.asarray(targets[: len(texts)])
     dim = targets.shape[1]
     rotations = {"PCA": leaf.pca_rotation(targets), "random": leaf.random_rotation(dim, seed=0)}
@@ -273,7 +279,7 @@ def rotation_experiment(profile: Profile, run: dict[str, Any], task: str = "SciF
                         "binary": binarized(turned)}
             quant.setdefault(name, {})[label] = {p: evaluate_model(m, [task], profile)["scores"][task]
                                                  for p, m in variants.items()}
-    trained = student_view(pca_student, profile, f"{profile.name}-pca-target-{pca_student.name[:8]}")
+    trained = student_view(pca_student, profile, f"{profile.name}-pca-target-{pca_student.name[:8]}", progress)
     curves["PCA-target student"] = {"PCA": {d: evaluate_model(truncate(trained, d), [task], profile)["scores"][task]
                                             for d in dims}}
     return {"task": task, "dims": dims, "curves": curves, "quantization": quant,
@@ -284,6 +290,18 @@ def kept_at(rot: dict[str, Any], name: str, rotation: str, dim: int) -> float:
     """% of its full-width score ``name`` keeps at ``dim`` dimensions in ``rotation``."""
     curve = rot["curves"][name][rotation]
     return kept_share(curve, curve[max(curve)])[dim]
+
+
+def ordering_gain(rot: dict[str, Any], name: str, dim: int) -> float:
+    """Points of its full-width score ``name`` keeps at ``dim`` dimensions after the PCA rotation
+    beyond what it keeps after the random one: what the PCA ordering buys it there."""
+    return kept_at(rot, name, "PCA", dim) - kept_at(rot, name, "random", dim)
+
+
+def ordering_width(rot: dict[str, Any]) -> int:
+    """The width below the full one at which the teacher's PCA ordering buys it the most: where a
+    student could show that it carries that ordering (read from the teacher's curves alone)."""
+    return max(rot["dims"][:-1], key=lambda d: ordering_gain(rot, "teacher", d))
 
 
 def binary_kept(rot: dict[str, Any], name: str, rotation: str) -> float:

@@ -410,17 +410,19 @@ def per_type_claim(by_type: dict[str, Any]) -> tuple[str, str]:
 # ============================================================================ LEAF
 
 
-def leaf_seeds_claim(values, claim: str, *, paper: float, null: float, fmt=None) -> tuple[str, str, dict[str, float]]:
+def leaf_seeds_claim(values, claim: str, *, paper: float, null: float, control: float | None = None,
+                     higher_is_better: bool = True, fmt=None) -> tuple[str, str, dict[str, float]]:
     """(verdict, sentence, numbers) for a figure measured on each seed of a LEAF student (its
-    alignment, its retention, its share kept under compression) against a fixed ``null`` (the
-    control's figure, the head alone) and ``paper`` (the paper's or this book's goal): :func:`judge`
-    on the t interval of the seeds' mean. The direction is from the null toward the goal."""
+    alignment, its retention, what it keeps under compression): :func:`judge` on the t interval of
+    the seeds' mean against ``null`` and ``paper`` (the paper's figure or this book's goal; a bound
+    when the two are equal). ``control`` (the student's head alone, untrained) is said beside it."""
     v = np.asarray(values, dtype=float)
-    d = paired_difference(v, np.full(v.size, float(null)))
-    lo, hi = null + d.ci[0], null + d.ci[1]
+    d = paired_difference(v, np.zeros(v.size))
+    lo, hi = d.ci
     fmt = fmt or (lambda x: f"{x:.2f}")
-    verdict, reason = judge(lo, hi, paper=paper, null=null, higher_is_better=paper >= null, fmt=fmt)
-    sentence = f"{claim}: {fmt(float(v.mean()))} over {v.size} seeds ({reason}; the control's {fmt(null)})."
+    verdict, reason = judge(lo, hi, paper=paper, null=null, higher_is_better=higher_is_better, fmt=fmt)
+    beside = "" if control is None else f"; the control's {fmt(control)}"
+    sentence = f"{claim}: {fmt(float(v.mean()))} over {v.size} seeds ({reason}{beside})."
     return verdict, sentence, {"value": float(v.mean()), "low": float(lo), "high": float(hi)}
 
 
@@ -443,13 +445,16 @@ def rotation_gain_claim(student_gain, teacher_gain: float, dim: int) -> tuple[st
     """Alignment carried into truncation: per seed, the share of its full-width score the student
     keeps at ``dim`` dimensions in the teacher's PCA-rotated space minus the share it keeps in a
     randomly rotated one (points). A student that carried nothing of the teacher's ordering gains
-    0 (the null); the teacher's own gain is the figure to reach."""
+    0 (the null); the teacher's own gain is the figure to reach (none: not resolved)."""
     v = np.asarray(student_gain, dtype=float)
     d = paired_difference(v, np.zeros(v.size))
     verdict, reason = judge(*d.ci, paper=teacher_gain, null=0.0, fmt=lambda x: f"{signed(x, 1)} points")
     sentence = (f"At {dim} dimensions the teacher's PCA ordering keeps {signed(teacher_gain, 1)} points more of the "
                 f"teacher's full score than a random rotation, and {signed(d.mean, 1)} points more of the student's "
                 f"over {d.n} seeds ({reason}).")
+    if teacher_gain <= 0:  # the teacher has no ordering to carry: there is nothing to test
+        verdict = NOT_RESOLVED
+        sentence += " The teacher's own ordering gains nothing there, so there is nothing for a student to carry."
     return verdict, sentence, {"value": d.mean, "low": d.ci[0], "high": d.ci[1]}
 
 
