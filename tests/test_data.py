@@ -48,8 +48,13 @@ def test_training_material_is_drawn_from_training_splits_only(monkeypatch):
     real_jsonl, real_qrels = data.read_jsonl, data.read_qrels
     monkeypatch.setattr(data, "read_jsonl", lambda rel, root=None: read.append(rel) or real_jsonl(rel, root))
     monkeypatch.setattr(data, "read_qrels", lambda rel, root=None: read.append(rel) or real_qrels(rel, root))
+    data._sourced_texts.cache_clear()
     texts = data.training_texts()
-    assert read and not [r for r in read if "/test" in r or "validation" in r]
+    # non-test splits only (SNLI's validation and test are training material here: no task evaluates
+    # SNLI; STSB's validation sentences stay only where no STS test set holds them), never the SciFact corpus
+    assert sorted({r for r in read if "/test" in r or "validation" in r}) == [
+        "pairs/SNLI/test.jsonl", "pairs/SNLI/validation.jsonl", "sts/STSBenchmark/validation.jsonl"]
+    assert "retrieval/SciFact/corpus.jsonl" not in read
     read.clear()
     pairs = data.training_pairs(sources=data.PAIR_SOURCES)
     assert len(texts) > 50_000 and len(pairs) > 5_000
@@ -60,6 +65,16 @@ def test_training_material_is_drawn_from_training_splits_only(monkeypatch):
     corpus = {d["_id"]: d for d in real_jsonl("retrieval/SciFact/corpus.jsonl")}
     relevant = {d for docs in real_qrels("retrieval/SciFact/qrels/test.tsv").values() for d in docs}
     assert relevant and not {(corpus[d]["title"], corpus[d]["text"], None) for d in relevant if d in corpus} & set(pairs)
+
+
+def test_training_texts_count_their_sources_and_leave_the_scifact_corpus_out():
+    texts = data.training_texts()
+    mix = data.text_mix(texts)
+    assert list(mix) == list(data.TEXT_SOURCES) and sum(mix.values()) == len(texts) == len(set(texts))
+    assert all(n > 0 for n in mix.values())
+    documents = {data.document_text(d) for d in data.read_jsonl("retrieval/SciFact/corpus.jsonl")}
+    assert not documents & set(texts)
+    assert data.training_texts(limit=5, seed=1) == data.training_texts(seed=1)[:5] != data.training_texts(limit=5, seed=2)
 
 
 def test_no_evaluated_test_sentence_is_in_the_training_material():

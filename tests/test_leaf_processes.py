@@ -25,7 +25,9 @@ def test_two_processes_read_disjoint_slices_and_equal_accumulation(tmp_path):
     launch = Path(sys.executable).parent / "accelerate"
     two, one = tmp_path / "two", tmp_path / "one"
     two.mkdir(), one.mkdir()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE.parent), "CUDA_VISIBLE_DEVICES": ""}
+    # the checkout's own package, whichever one the environment installed
+    paths = os.pathsep.join([str(HERE.parent), str(HERE.parent / "src")])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": paths, "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run([str(launch), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "tests.leaf_two_processes",
                            str(two), "1"], capture_output=True, text=True, env=env, cwd=HERE.parent, timeout=600)

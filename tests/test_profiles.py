@@ -73,11 +73,10 @@ def test_this_machines_choice_is_one_of_the_precisions():
     assert get_profile("cpu").eval_precision == choice["precision"] in ("float32", "bfloat16")
 
 
-def test_best_seconds_alternates_the_calls_and_keeps_each_best_round(monkeypatch):
+def test_timed_rounds_run_each_once_untimed_then_alternate_the_rounds(monkeypatch):
     from streamdistill import hardware
 
     order, clock = [], iter([0.0, 3.0, 3.0, 4.0, 4.0, 6.0, 6.0, 6.5])  # a: 3 then 2; b: 1 then 0.5
     monkeypatch.setattr(hardware.time, "perf_counter", lambda: next(clock))
-    best = hardware.best_seconds({"a": lambda: order.append("a"), "b": lambda: order.append("b")},
-                                 repeats=2, warmup=False)
-    assert order == ["a", "b", "a", "b"] and best == {"a": 2.0, "b": 0.5}
+    seconds = hardware.timed_rounds({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, repeats=2)
+    assert order == ["a", "b", "a", "b", "a", "b"] and seconds == {"a": [3.0, 2.0], "b": [1.0, 0.5]}

@@ -220,8 +220,7 @@ def test_the_differences_table_keeps_numeric_columns_so_it_rounds():
 
 
 def test_a_difference_that_rounds_to_zero_prints_without_a_minus_sign():
-    quant = {"teacher": {"float32": 50.0, "int8": 49.96, "binary": 49.1}}
-    assert R.quantization_here_text(quant) == "teacher: int8 +0.0, binary -0.9"
+    assert (R.signed(49.96 - 50.0, 1), R.signed(49.1 - 50.0, 1)) == ("+0.0", "-0.9")
     assert R.paired_difference([50.0, 50.0, 50.0], [50.003, 49.998, 50.0]).text().startswith("+0.00 ±")
 
 

@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from streamdistill import registry, streambench, streaming
+from streamdistill import registry, streambench
 from streamdistill.profiles import get_profile
 from streamdistill.streambench import random_benchmark_encoders, stream_benchmark, stream_sweep
 

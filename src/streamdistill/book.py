@@ -431,6 +431,7 @@ CLAIMS = [  # (row label, notebook, glue key prefix): the first page's table, in
     ("Streaming speed-up against the teacher's recompute", "07_streaming", "claim_stream"),
     ("Streaming fidelity (cosine distance)", "07_streaming", "claim_fidelity"),
     ("Long-context retrieval", "08_long_context", "claim_long"),
+    ("LEAF student aligned to its teacher", "09_leaf_alignment", "claim_alignment"),
     ("LEAF retention", "09_leaf_alignment", "claim_retention"),
     ("Asymmetric retrieval", "09_leaf_alignment", "claim_asym"),
     ("MRL inheritance", "09_leaf_alignment", "claim_mrl"),

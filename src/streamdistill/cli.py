@@ -45,7 +45,7 @@ def cmd_evaluate(args) -> dict:
     task_list(args.tasks)  # validate task names before loading a model
     model = resolve_model(args.model, profile, **inference)
     if args.teacher:  # LEAF: the student against its teacher, alone and in asymmetric mode
-        from .leaf import asymmetric_scores
+        from .leaf_experiments import asymmetric_scores
 
         teacher = resolve_model(args.teacher, profile)
         report = asymmetric_scores(model, teacher, args.tasks, profile)

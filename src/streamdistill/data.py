@@ -4,8 +4,8 @@ The mirror is a folder laid out as described in its own README (BEIR folders for
 lines for STS, classification and pairs) with a ``MANIFEST.json`` giving every file's SHA-256 and
 row count. It is named by ``$STREAMDISTILL_DATA_DIR``; its files are read in place, never copied.
 
-Training material comes from training splits only (and the SciFact corpus, which is unlabelled
-documents); test splits never feed training.
+Training material comes from non-test splits only; no evaluated test text ever feeds training
+(:func:`evaluated_test_texts`).
 """
 
 from __future__ import annotations
@@ -199,28 +199,66 @@ def _clean(items: list, root: Path) -> list:
     return list(dict.fromkeys(out))
 
 
-def training_texts(root: Path | None = None, *, limit: int | None = None, seed: int = 0) -> list[str]:
-    """Every training text of the mirror (train splits and the SciFact corpus), deduplicated,
-    without any evaluated test text (:func:`evaluated_test_texts`).
+# Where training texts come from (:func:`training_texts`): every non-test text of the mirror. Not
+# the SciFact corpus (it holds the documents SciFact scores, so training on it is transductive), not
+# any STS or SICK test set; STSBenchmark's train and validation sentences only where no STS test
+# set holds them (most do).
+TEXT_SOURCES = ("classification", "mrpc", "snli", "stsb", "scifact-claims")
 
-    Used for the LEAF teacher cache and int8 calibration. Without a mirror, a synthetic corpus
-    stands in and a warning says so.
+
+def _source_texts(source: str, root: Path) -> list[str]:
+    if source == "classification":
+        return [r["text"] for rel in CLASSIFICATION_TRAIN for r in read_jsonl(rel, root)]
+    if source == "mrpc":
+        return [t for r in read_jsonl("pairs/MRPC/train.jsonl", root) for t in (r["sentence1"], r["sentence2"])]
+    if source == "snli":
+        return [t for split in ("validation", "test") for r in read_jsonl(f"pairs/SNLI/{split}.jsonl", root)
+                for t in (r["sentence1"], r["sentence2"])]
+    if source == "stsb":
+        return [t for split in ("train", "validation") for r in read_jsonl(f"sts/STSBenchmark/{split}.jsonl", root)
+                for t in (r["sentence1"], r["sentence2"])]
+    if source == "scifact-claims":
+        train_qids = set(read_qrels("retrieval/SciFact/qrels/train.tsv", root))
+        return [q["text"] for q in read_jsonl("retrieval/SciFact/queries.jsonl", root) if q["_id"] in train_qids]
+    raise MirrorError(f"unknown text source {source!r}; choose from: {', '.join(TEXT_SOURCES)}")
+
+
+@functools.lru_cache(maxsize=4)
+def _sourced_texts(root: Path) -> tuple[tuple[str, str], ...]:
+    """(source, text) for every training text, deduplicated (first source wins), test texts dropped."""
+    by_source = {source: _source_texts(source, root) for source in TEXT_SOURCES}
+    kept = set(_clean([t for texts in by_source.values() for t in texts], root))
+    out: dict[str, str] = {}
+    for source, texts in by_source.items():
+        for text in texts:
+            if text in kept:
+                out.setdefault(text, source)
+    return tuple((source, text) for text, source in out.items())
+
+
+def training_texts(root: Path | None = None, *, limit: int | None = None, seed: int = 0) -> list[str]:
+    """Every non-test text of the mirror (:data:`TEXT_SOURCES`), deduplicated, without any evaluated
+    test text (:func:`evaluated_test_texts`), shuffled with ``seed``.
+
+    The LEAF teacher's targets, int8 calibration and throughput texts. Without a mirror, a
+    synthetic corpus stands in and a warning says so.
     """
     root = root if root is not None else data_dir()
     if root is None:
         return synthetic_texts(limit or 2000, seed=seed)
-    texts: list[str] = []
-    for rel in CLASSIFICATION_TRAIN:
-        texts += [r["text"] for r in read_jsonl(rel, root)]
-    for rel in ["sts/STSBenchmark/train.jsonl", "pairs/MRPC/train.jsonl"]:
-        for r in read_jsonl(rel, root):
-            texts += [r["sentence1"], r["sentence2"]]
-    texts += [document_text(d) for d in read_jsonl("retrieval/SciFact/corpus.jsonl", root)]
-    train_qids = set(read_qrels("retrieval/SciFact/qrels/train.tsv", root))
-    texts += [q["text"] for q in read_jsonl("retrieval/SciFact/queries.jsonl", root) if q["_id"] in train_qids]
-    texts = _clean(texts, root)
+    texts = [text for _, text in _sourced_texts(root)]
     random.Random(seed).shuffle(texts)
     return texts[:limit] if limit else texts
+
+
+def text_mix(texts: list[str], root: Path | None = None) -> dict[str, int]:
+    """How many of ``texts`` each :data:`TEXT_SOURCES` entry gave (for the book's proportions)."""
+    root = root if root is not None else data_dir(required=True)
+    source = dict((text, src) for src, text in _sourced_texts(root))
+    counts = dict.fromkeys(TEXT_SOURCES, 0)
+    for text in texts:
+        counts[source[text]] += 1
+    return counts
 
 
 def data_fingerprint() -> str:

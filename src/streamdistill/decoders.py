@@ -45,9 +45,6 @@ def decoder_stack(backbone: nn.Module) -> nn.Module:
     return backbone
 
 
-ARCHITECTURES = ("llama", "qwen2")
-
-
 def random_causal_lm(
     architecture: str,
     vocab_size: int,

@@ -571,8 +571,8 @@ class Encoder(nn.Module):
                     backbone_dir, trust_remote_code=False, use_safetensors=True, dtype="auto", output_loading_info=True
                 )
             tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer", trust_remote_code=False)
-        except Exception as exc:
-            raise ArtifactError(f"cannot load encoder from {path}: {_one_line(exc)}") from None
+        except Exception as exc:  # the message is one line; the loader's traceback stays chained
+            raise ArtifactError(f"cannot load encoder from {path}: {_one_line(exc)}") from exc
         if info.get("missing_keys"):
             missing = sorted(info["missing_keys"])
             raise ArtifactError(f"{backbone_dir}: weights missing for {len(missing)} tensors, e.g. {missing[0]}")

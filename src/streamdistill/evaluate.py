@@ -156,26 +156,24 @@ def harness_throughput(model: EmbeddingModel, texts: list[str], batch_size: int 
     Both paths encode the same texts with the same batch size in the same process; the best of
     ``repeats`` alternating runs is kept for each so that one slow run does not decide the ratio.
     """
-    import time
-
     import mteb
     from datasets import Dataset
     from torch.utils.data import DataLoader
 
+    from .hardware import timed_rounds
+
     adapter = mteb_model(model)
     meta = mteb.get_task("STSBenchmark").metadata
     loader = DataLoader(Dataset.from_dict({"text": texts}), batch_size=batch_size)  # what mteb hands an encoder
-    own = model.st_model.encode if model.st_model is not None else (lambda xs, **kw: model.encode(xs, None))
-    best = {"harness": float("inf"), "own": float("inf")}
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        adapter.encode(loader, task_metadata=meta, hf_split="test", hf_subset="default",
-                       batch_size=batch_size, show_progress_bar=False)
-        best["harness"] = min(best["harness"], time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        own(texts, batch_size=batch_size, show_progress_bar=False)
-        best["own"] = min(best["own"], time.perf_counter() - t0)
-    out = {"texts": len(texts), "harness_texts_per_s": len(texts) / best["harness"],
-           "own_texts_per_s": len(texts) / best["own"]}
+    if model.st_model is not None:
+        own = lambda: model.st_model.encode(texts, batch_size=batch_size, show_progress_bar=False)  # noqa: E731
+    else:
+        own = lambda: model.encode(texts, None)  # noqa: E731
+    seconds = timed_rounds({"harness": lambda: adapter.encode(loader, task_metadata=meta, hf_split="test",
+                                                              hf_subset="default", batch_size=batch_size,
+                                                              show_progress_bar=False),
+                            "own": own}, repeats)
+    out = {"texts": len(texts), "harness_texts_per_s": len(texts) / min(seconds["harness"]),
+           "own_texts_per_s": len(texts) / min(seconds["own"])}
     out["ratio"] = out["harness_texts_per_s"] / out["own_texts_per_s"]
     return out

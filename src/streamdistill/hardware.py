@@ -79,17 +79,19 @@ def precision_choice() -> dict:
                       f"({'at least' if chosen == 'bfloat16' else 'below'} {BF16_MIN_SPEEDUP}x)"}
 
 
-def best_seconds(calls: dict, repeats: int = 3, warmup: bool = True) -> dict[str, float]:
-    """Wall seconds of each ``name: call()``, measured side by side: the calls alternate over
-    ``repeats`` rounds (after one untimed warm-up round) and each keeps its best round, so a slow
-    moment of a shared machine does not decide a ratio."""
-    if warmup:
-        for call in calls.values():
-            call()
-    best = {name: float("inf") for name in calls}
+def timed_rounds(runs: dict, repeats: int = 3) -> dict[str, list[float]]:
+    """Seconds of each ``runs[name]()`` (a call with no arguments), measured side by side.
+
+    Each runs once untimed (one-off costs), then ``repeats`` rounds call every one in turn, so a
+    slow moment of a shared machine falls on all of them alike rather than on one; returns every
+    round's seconds per name (callers take the best, or pair the rounds into ratios).
+    """
+    for run in runs.values():
+        run()
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
-        for name, call in calls.items():
+        for name, run in runs.items():
             started = time.perf_counter()
-            call()
-            best[name] = min(best[name], time.perf_counter() - started)
-    return best
+            run()
+            seconds[name].append(time.perf_counter() - started)
+    return seconds

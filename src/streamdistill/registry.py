@@ -6,7 +6,7 @@ given; this module knows what each stage builds on and passes it in::
     pretrained ──> base ──┬──> causal (A) ─────────────────── (student_init="A") ──┐
                           ├──> teacher (B, hard, linear) ──> teacher-embeddings ──┤
                           └────────────────────────────────────────────> student (C)
-                          (leaf: the LEAF student; its causal kind starts from base)
+                          (leaf: the LEAF student of the profile's leaf_teacher; its causal extension starts from base)
 
 :data:`STAGES` and :data:`MODELS` are the only lists of stages and model names; the CLI's help,
 the versions, the gap-closure models and the streaming models are all derived from them.
@@ -26,8 +26,8 @@ from .data import hub_available
 from .decoders import BaseModel
 from .encoder import POOLINGS, Encoder, inference_device
 from .ggsm import VARIANTS
-from .models import MINILM, EmbeddingModel, ModelError, folder_kind, from_encoder, load_folder, load_hub, \
-    load_sentence_transformer, minilm_path, weights_revision
+from .models import OFFLINE_MODELS, EmbeddingModel, ModelError, folder_kind, from_encoder, load_folder, \
+    load_hub, load_public, weights_revision
 from .profiles import Profile
 from .streambench import random_benchmark_encoders
 
@@ -100,7 +100,7 @@ STAGES: dict[str, Stage] = {
                                 "B's embeddings of the pairs C reads"),
     "student": Stage(_student, contrastive.VERSIONS["student"],
                      "C: causal, InfoNCE + λ·MSE to B (student_init=base|A, distill_lambda, distill_negatives)"),
-    "leaf": Stage(_leaf, leaf.VERSION, "the LEAF student (L2 to all-MiniLM-L6-v2)"),
+    "leaf": Stage(_leaf, leaf.VERSION, "the LEAF student: all-MiniLM-L6-v2 + Dense, L2 to the profile's leaf_teacher"),
 }
 VERSIONS = {name: stage.version for name, stage in STAGES.items()}
 STAGE_SETTINGS = tuple(sorted({s for stage in STAGES.values() for s in stage.settings}))
@@ -226,7 +226,7 @@ def student_label(profile: Profile) -> str:
 
 
 def model_names() -> list[str]:
-    return [MINILM, *MODELS]
+    return [*OFFLINE_MODELS, *MODELS]
 
 
 def resolve_model(name: str, profile: Profile, *, pooling: str | None = None,
@@ -248,10 +248,11 @@ def resolve_model(name: str, profile: Profile, *, pooling: str | None = None,
         return _embedding_model(encoder, folder, f"streamdistill/{profile.name}-{label}", profile)
     if variant is not None:
         raise ValueError("variant= only applies to stage names (B, B-hard, ...)")
-    if name in {MINILM, "all-MiniLM-L6-v2"}:
+    public = next((full for full in OFFLINE_MODELS if name in {full, full.split("/")[-1]}), None)
+    if public is not None:
         if pooling:
             raise ValueError(f"pooling= applies to stage names and streamdistill encoder folders, not {name!r}")
-        return load_sentence_transformer(minilm_path(), name=MINILM)
+        return load_public(public)
     path = Path(name).expanduser()
     if path.is_dir():
         if pooling:
@@ -266,7 +267,7 @@ def resolve_model(name: str, profile: Profile, *, pooling: str | None = None,
                          f"folder, not {name!r}")
     if hub_available() and "/" in name:
         return load_hub(name)
-    raise ModelError(f"unknown model {name!r}; available offline: {MINILM}, a model folder, "
+    raise ModelError(f"unknown model {name!r}; available offline: {', '.join(OFFLINE_MODELS)}, a model folder, "
                      f"or a stage name ({', '.join(MODELS)})")
 
 

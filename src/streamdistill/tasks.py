@@ -21,7 +21,7 @@ from typing import Any
 import mteb
 from datasets import Dataset, DatasetDict
 
-from .data import MIRROR_DATASETS, MirrorError, data_dir, document_text, hub_available, read_jsonl, read_qrels
+from .data import MIRROR_DATASETS, MirrorError, data_dir, hub_available, read_jsonl, read_qrels
 from .longcontext import QMSUM_TASKS, SYNTHETIC_TASKS, qmsum_task, synthetic_task
 from .profiles import Profile
 

@@ -68,6 +68,16 @@ class TrainResult:
     last_checkpoint: Path | None = None
 
 
+def loss_ends(history: list[dict[str, Any]], share: float = 0.1) -> dict[str, float]:
+    """``first_loss`` and ``last_loss``: the mean loss over the first and the last ``share`` of the
+    steps (at least one each), the ends of a curve that a single noisy step would misstate."""
+    losses = [row["loss"] for row in history]
+    if not losses:
+        return {"first_loss": float("nan"), "last_loss": float("nan")}
+    k = max(1, int(len(losses) * share))
+    return {"first_loss": float(np.mean(losses[:k])), "last_loss": float(np.mean(losses[-k:]))}
+
+
 def lr_at(step: int, *, steps: int, lr: float, warmup_frac: float) -> float:
     """Learning rate of optimiser step ``step`` (0-based): linear warm-up, then cosine to 0.
 
