@@ -139,6 +139,21 @@ def test_every_figure_has_a_caption(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_a_figures_cell_shows_only_the_figure(path):
+    """myst-nb gives every output of a captioned cell the figure's name: a cell that also ends in an
+    expression (a table, a Legend) renders it twice, and the book's build fails on the duplicate."""
+    import ast
+
+    for cell in json.loads(path.read_text())["cells"]:
+        if cell["cell_type"] == "code" and cell["metadata"].get("mystnb", {}).get("figure"):
+            last = ast.parse("".join(cell["source"])).body[-1]
+            silent = isinstance(last, ast.Expr) and isinstance(last.value, ast.Call) and \
+                getattr(last.value.func, "id", None) == "glue"  # glue(..., display=False) returns None
+            assert silent or not isinstance(last, ast.Expr), \
+                f"{path.name}: a figure's cell ends in an expression at line {last.lineno}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_glue_and_set_up_code_stays_out_of_the_readers_way(path):
     """A cell that glues values (or is set-up) is removed or folded in the rendered book."""
     hidden = {"hide-input", "remove-input", "remove-cell"}
