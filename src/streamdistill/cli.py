@@ -113,9 +113,7 @@ def cmd_stream_bench(args) -> dict:
 
 def cmd_export(args) -> dict:
     from .export import needs_encoder_module, to_sentence_transformer
-    from .registry import resolve_encoder
-
-    from .registry import split_sets
+    from .registry import resolve_encoder, split_sets
 
     inference, overrides = split_sets(parse_sets(args.set))
     encoder = resolve_encoder(args.model, get_profile(args.profile, overrides), **inference)

@@ -32,7 +32,8 @@ from .registry import (  # noqa: F401  (the façade: what notebooks and README u
     run_stage,
     stream_encoders,
 )
-from .report import PAPER_STUDENT_MINUS_ECHO, closure_verdict, difference_claim, gap_closure_seeded, paired_closure
+from .report import PAPER_STUDENT_MINUS_ECHO, closure_verdict, difference_claim, gap_closure_seeded, paired_closure, \
+    slice_mean
 from .stats import paired_difference, pooled_sd, single_seed_difference
 from .tasks import PAPER_SLICE, PAPER_SUBSLICE, VALIDATION_TASKS
 
@@ -53,7 +54,7 @@ def seeded_scores(profile: Profile, models: Sequence[str], tasks: Sequence[str],
 
 
 def _slice_means(per: dict[str, dict[int, dict[str, float]]], tasks: Sequence[str]) -> dict[str, dict[int, float]]:
-    return {m: {s: float(np.mean([scores[t] for t in tasks])) for s, scores in runs.items()} for m, runs in per.items()}
+    return {m: {s: slice_mean({t: scores[t] for t in tasks}) for s, scores in runs.items()} for m, runs in per.items()}
 
 
 def recipe(profile: Profile) -> dict:
@@ -77,7 +78,7 @@ def distillation_selection(profile: Profile) -> dict:
     def scored(model: str, settings: dict) -> dict:
         run = replace(first, **settings)
         scores = evaluate_model(resolve_model(model, run), tasks, run)["scores"]
-        return {**settings, "scores": scores, "mean": float(np.mean(list(scores.values())))}
+        return {**settings, "scores": scores, "mean": slice_mean(scores)}
 
     grid = [scored("C", {"student_init": init, "distill_lambda": float(lam), "distill_negatives": False})
             for init in STUDENT_INITS for lam in profile.distill_lambdas]
@@ -111,11 +112,11 @@ def gap_closure_experiment(profile: Profile, tasks: Sequence[str] | None = None)
     echo = seeded_scores(profile, ["A+Echo"], echo_tasks)["A+Echo"]
     out = gap_closure_seeded({m: per_seed[m] for m in ("A", "B", "C")})
     seeds = out["seeds"]
-    c_sub = {s: float(np.mean([per_seed["C"][s][t] for t in echo_tasks])) for s in per_seed["C"]}
+    c_sub = _slice_means({"C": per_seed["C"]}, echo_tasks)["C"]
     out["per_seed_tasks"]["A+Echo"] = {str(s): echo[s] for s in seeds}
     out["echo_tasks"] = echo_tasks
     out["c_minus_echo"] = paired_difference([c_sub[s] for s in seeds],
-                                            [float(np.mean(list(echo[s].values()))) for s in seeds]).as_dict()
+                                            [slice_mean(echo[s]) for s in seeds]).as_dict()
     out["closure_verdict"] = closure_verdict(out)
     out["echo_verdict"] = difference_claim(out["c_minus_echo"], "C against A+Echo", paper=PAPER_STUDENT_MINUS_ECHO)
     views = {"slice": tasks, "without SciFact": [t for t in tasks if t != "SciFact"] or tasks}
@@ -141,7 +142,7 @@ def teacher_variants_experiment(profile: Profile) -> dict:
     seeds = list(profile.seeds)
     runs = (seeded_scores(profile, ["A", "B", "C", "B-hard"], PAPER_SUBSLICE)
             | seeded_scores(profile, ["B-scaled", "B-linear"], PAPER_SUBSLICE, seeds[:1]))
-    means = {m: {s: float(np.mean(list(v.values()))) for s, v in per.items()} for m, per in runs.items()}
+    means = {m: {s: slice_mean(v) for s, v in per.items()} for m, per in runs.items()}
     spread = pooled_sd({m: list(means[m].values()) for m in ("A", "B", "C")})
     comparisons = {}
     for name in ["B-scaled", "B-hard", "B-linear", "A"]:
@@ -173,17 +174,16 @@ def ablation_experiment(profile: Profile, spread: float | None = None) -> dict:
     seed = profile.seeds[0]
     if spread is None:
         per = seeded_scores(profile, ["A", "B", "C"], PAPER_SUBSLICE)
-        spread = pooled_sd({m: [float(np.mean(list(v.values()))) for v in runs.values()] for m, runs in per.items()})
+        spread = pooled_sd({m: [slice_mean(v) for v in runs.values()] for m, runs in per.items()})
     reference = {m: evaluate_model(resolve_model(m, replace(profile, seed=seed)), PAPER_SUBSLICE, profile)["scores"]
                  for m in ("B", "C")}
     rows = []
     for label, model, sets in ABLATIONS:
         varied = replace(profile, seed=seed, **sets)
         scores = evaluate_model(resolve_model(model, varied), PAPER_SUBSLICE, varied)["scores"]
-        diff = single_seed_difference(float(np.mean(list(scores.values()))),
-                                      float(np.mean(list(reference[model].values()))), spread)
+        diff = single_seed_difference(slice_mean(scores), slice_mean(reference[model]), spread)
         rows.append({"ablation": label, "model": model, "settings": sets, "scores": scores,
-                     "mean": float(np.mean(list(scores.values()))), "minus_reference": diff.as_dict()})
+                     "mean": slice_mean(scores), "minus_reference": diff.as_dict()})
     return {"profile": profile.name, "seed": seed, "tasks": PAPER_SUBSLICE, "pooled_sd": spread,
             "reference": reference, "rows": rows}
 

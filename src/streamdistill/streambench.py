@@ -104,10 +104,12 @@ def _token_stream(n: int, vocab: int, seed: int) -> torch.Tensor:
     return torch.randint(min(2, vocab - 1), vocab, (n,), generator=generator)
 
 
-def _sync(device: torch.device) -> None:
-    """Wait for queued device work (CUDA runs asynchronously: a clock read before it returns early)."""
+def _clock(device: torch.device) -> float:
+    """``time.perf_counter()`` once queued work on ``device`` is done (CUDA runs asynchronously: a
+    clock read before it returns early)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def stream_benchmark(profile: Profile, prefix: int | None = None, delta: int | None = None, updates: int | None = None,
@@ -164,10 +166,6 @@ def stream_benchmark(profile: Profile, prefix: int | None = None, delta: int | N
     echo_beyond = False
     device = student.device
 
-    def clock() -> float:
-        _sync(device)
-        return time.perf_counter()
-
     with torch.inference_mode():
         stream.append_ids(ids[:L])
         at_prefix = stream.state
@@ -181,15 +179,15 @@ def stream_benchmark(profile: Profile, prefix: int | None = None, delta: int | N
             echo_in, echo_pool = _echo_ids(echo_model, bare)
             echo_beyond |= len(echo_in) > echo_model.max_positions
 
-            t0 = clock()
+            t0 = _clock(device)
             incremental = stream.append_ids(new)
-            t1 = clock()
+            t1 = _clock(device)
             full = recompute(student, current)
-            t2 = clock()
+            t2 = _clock(device)
             recompute(teacher, current)
-            t3 = clock()
+            t3 = _clock(device)
             recompute(echo_model, echo_in, echo_pool)
-            t4 = clock()
+            t4 = _clock(device)
             if u < 0:
                 continue
             for method, seconds in zip(METHODS, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
@@ -270,23 +268,20 @@ def static_benchmark(student: Encoder, teacher: Encoder, prefix: int, delta: int
         for u in range(updates + 1):
             a, z = prefix + u * delta, prefix + (u + 1) * delta
             new = torch.stack([t[a:z] for t in ids])
-            _sync(device)
-            start = time.perf_counter()
+            start = _clock(device)
             vectors = static.append(new)
-            _sync(device)
-            append_s = time.perf_counter() - start
+            append_s = _clock(device) - start
             if u == 0:  # the warm-up: compare with the dynamic path once
                 dynamic = append_batch(streams, list(new))
                 distance = max(_cosine_distance(x, y) for x, y in zip(vectors, dynamic))
             pieces = [(torch.cat([t[:z], torch.tensor(closing, dtype=torch.long)]), None) for t in ids]
-            _sync(device)
-            start = time.perf_counter()
+            start = _clock(device)
             run_backbone(teacher.backbone, pieces, causal=False)
-            _sync(device)
+            teacher_s = _clock(device) - start
             if u == 0:
                 continue
             times["append"].append(1e3 * append_s)
-            times["teacher_recompute"].append(1e3 * (time.perf_counter() - start))
+            times["teacher_recompute"].append(1e3 * teacher_s)
     append_ms, teacher_ms = (float(np.median(v)) for v in times.values())
     return {"batch": batch, "prefix": prefix, "delta": delta, "updates": updates, "graphs": static.graphs,
             "step_tokens": step, "capacity": capacity, "latency_ms": {"append": append_ms, "teacher_recompute": teacher_ms},
@@ -468,37 +463,33 @@ def conversation_replay(student: Encoder, teacher: Encoder, echo_model: Encoder,
     timed = set(np.linspace(0, full - 1, min(points, full)).round().astype(int).tolist())
     device = student.device
 
-    def clock() -> float:
-        _sync(device)
-        return time.perf_counter()
-
     rows, vectors = [], []
     with torch.inference_mode():
         for i, piece in enumerate(pieces):
             row: dict[str, Any] = {"chunk": i + 1}
             if i < n_exact:
-                start = clock()
+                start = _clock(device)
                 vector = exact.append_ids(exact_pieces[i])
                 row.update({"tokens": exact.n_tokens, "new_tokens": len(exact_pieces[i]),
-                            "append_ms": 1e3 * (clock() - start),
+                            "append_ms": 1e3 * (_clock(device) - start),
                             "cache_mb": exact.cache_bytes / 2**20,
                             "drift_previous": _cosine_distance(vector, vectors[-1]) if vectors else np.nan})
                 vectors.append(vector)
                 if i in timed:
                     ids = torch.tensor(exact.token_ids + closing)
                     if i == max(timed):  # the student's own recompute once: the streamed vector is its vector
-                        start = clock()
+                        start = _clock(device)
                         row["cosine_distance_recompute"] = _cosine_distance(vector, recompute(student, ids))
-                        row["student_recompute_ms"] = 1e3 * (clock() - start)
-                    start = clock()
+                        row["student_recompute_ms"] = 1e3 * (_clock(device) - start)
+                    start = _clock(device)
                     recompute(teacher, ids)
-                    row["teacher_recompute_ms"] = 1e3 * (clock() - start)
+                    row["teacher_recompute_ms"] = 1e3 * (_clock(device) - start)
                     echo_in, echo_pool = _echo_ids(echo_model, torch.tensor(exact.token_ids))
                     row["echo_recompute_ms"] = np.nan
                     if len(echo_in) <= echo_model.max_positions:
-                        start = clock()
+                        start = _clock(device)
                         recompute(echo_model, echo_in, echo_pool)
-                        row["echo_recompute_ms"] = 1e3 * (clock() - start)
+                        row["echo_recompute_ms"] = 1e3 * (_clock(device) - start)
             if bounded:
                 outs = append_batch(bounded, [piece] * len(bounded))
                 row["window_tokens"] = bounded[0].n_tokens
